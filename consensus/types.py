@@ -35,10 +35,21 @@ class EntryKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Entry:
+    """One log slot.
+
+    ``term`` is the entry's identity: the Raft term, or for Multi-Paxos the ballot of the
+    proposal that first carried the value. A new Paxos leader that re-proposes a recovered
+    value keeps its ``term`` and only raises ``accepted_ballot``, so a client holding
+    ``Proposed(index, term)`` still recognises its command when it is chosen later.
+    """
+
     index: Index
     term: Term
     kind: EntryKind = EntryKind.NORMAL
     data: bytes = b""
+    accepted_ballot: Term = Term(0)
+    """Multi-Paxos only: the ballot in which this acceptor accepted the value (Paxos Made
+    Simple §2.3: phase 1 picks the value with the highest *accepted* ballot). Raft: 0."""
 
     def size_bytes(self) -> int:
         """Approximate wire size, used for every byte limit in the cores."""

@@ -1,0 +1,1 @@
+"""Tests of consensus.storage against real SQLite files."""

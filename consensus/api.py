@@ -137,9 +137,11 @@ class ChangeOp:
 class MembershipChange:
     """One or more membership operations proposed together.
 
-    A change that alters at most one voter goes straight to the new configuration; one that
-    alters several voters passes through a joint configuration (Raft §6) which the leader
-    leaves automatically once the joint entry commits.
+    Raft: a change that alters at most one voter goes straight to the new configuration; one
+    that alters several voters passes through a joint configuration (Raft §6) which the leader
+    leaves automatically once the joint entry commits. Multi-Paxos needs no joint state: a
+    CONFIG entry at slot s governs the slots after s and nothing is proposed past it until it
+    is chosen, so no slot is ever decided under two configurations (see ``consensus.paxos``).
     """
 
     ops: tuple[ChangeOp, ...]

@@ -1,0 +1,294 @@
+"""One simulated server: a pure core, its ``SimDisk`` and its replica of the KV store.
+
+A node carries out each Ready strictly in the order of ``consensus.api``: persist (sync if
+``must_sync``) -> send -> apply (snapshot, committed entries) -> answer read states that
+are applied -> advance. A crash can be armed to strike between persist and send or between
+send and apply, which is where a real process dies with half its work done.
+
+Client requests enter through ``propose`` and ``read``; their outcome comes back through
+the ``on_complete`` callback once the entry at the proposal's index is applied (success iff
+it carries the proposal's term, ``consensus.api.Proposed``), or as "unknown" when the node
+crashes or a snapshot skips over the index.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from consensus.api import (
+    ConsensusCore,
+    CoreConfig,
+    CoreFactory,
+    Logger,
+    PersistedState,
+    Proposed,
+    ReadMode,
+    Ready,
+)
+from consensus.sim.checkers import InvariantViolation, SafetyChecker, require
+from consensus.sim.disk import SimDisk
+from consensus.sim.kv import ApplyResult, KVStore
+from consensus.sim.linearizability import Outcome
+from consensus.types import ConfState, Entry, EntryKind, Index, Message, NodeId
+
+
+class CrashPoint(enum.Enum):
+    AFTER_PERSIST = "after_persist"
+    """Persisted (and synced if asked) but no message left."""
+    AFTER_SEND = "after_send"
+    """Messages left but nothing applied."""
+
+
+CompleteFn = Callable[[Any, Outcome, ApplyResult | None], None]
+"""``on_complete(handle, outcome, result)``; ``result`` only with ``Outcome.OK``."""
+
+
+@dataclass(slots=True)
+class _Waiter:
+    handle: Any
+    term: int
+    data: bytes
+
+
+@dataclass(slots=True)
+class _Read:
+    handle: Any
+    key: str
+    index: Index | None = None
+
+
+class NullLogger:
+    """Discards core log events: the simulator's hot path cannot afford formatting them."""
+
+    def debug(self, event: str, **kw: Any) -> None:
+        return None
+
+    def info(self, event: str, **kw: Any) -> None:
+        return None
+
+    def warning(self, event: str, **kw: Any) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompactionPolicy:
+    """Compact after a random number of applied entries in [min, max] (per node, re-drawn)."""
+
+    min_entries: int = 10
+    max_entries: int = 60
+
+
+class SimNode:
+    def __init__(
+        self,
+        node_id: NodeId,
+        *,
+        factory: CoreFactory,
+        config: CoreConfig,
+        initial_conf: ConfState,
+        rng: random.Random,
+        checker: SafetyChecker,
+        on_complete: CompleteFn,
+        logger: Logger | None = None,
+        compaction: CompactionPolicy = CompactionPolicy(),
+    ) -> None:
+        self.id = node_id
+        self.disk = SimDisk()
+        self.kv = KVStore()
+        self.core: ConsensusCore | None = None
+        self.applied = Index(0)
+        self.incarnation = 0
+        self.crash_at: CrashPoint | None = None
+        self.crash_on_vote = False
+        """With ``crash_at``: strike only at a Ready that changes term or vote, the narrow
+        window where a forgotten vote lets a node vote twice in one term (Raft §5.2)."""
+        self.readies = 0
+        self.snapshots_taken = 0
+        self.snapshots_installed = 0
+        """Readys processed so far: a step that processed none changed nothing observable."""
+        """Armed by the fault injector: crash at this point of the next Ready."""
+        self._factory = factory
+        self._config = config
+        self._initial_conf = initial_conf
+        self._rng = rng
+        self._checker = checker
+        self._on_complete = on_complete
+        self._logger: Logger = logger if logger is not None else NullLogger()
+        self._compaction = compaction
+        self._waiters: dict[Index, list[_Waiter]] = {}
+        self._reads: dict[int, _Read] = {}
+        self._compact_at = Index(0)
+        self.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.core is not None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """(Re)build the core from what the disk holds durably."""
+        persisted = self.disk.load()
+        fresh = persisted == PersistedState()
+        self.core = self._factory(
+            self._config,
+            rng=random.Random(self._rng.getrandbits(64)),
+            persisted=None if fresh else persisted,
+            initial_conf=self._initial_conf,
+            logger=self._logger,
+        )
+        self.incarnation += 1
+        self.kv = KVStore()
+        self.applied = Index(0)
+        if persisted.snapshot is not None:
+            # The state machine is volatile here (as in etcd's raftexample): it is rebuilt
+            # from the durable snapshot and the committed entries the core hands out again.
+            self.kv.restore(persisted.snapshot.data)
+            self.applied = persisted.snapshot.meta.index
+        self._checker.observe_restart(self.id, self.applied)
+        self._schedule_compaction()
+
+    def crash(self, *, keep_unsynced: int = 0) -> int:
+        """Drop the core and the volatile state; return the unsynced writes lost."""
+        self.core = None
+        self.crash_at = None
+        self.crash_on_vote = False
+        lost = self.disk.crash(keep=keep_unsynced)
+        for index in list(self._waiters):
+            for waiter in self._waiters.pop(index):
+                self._on_complete(waiter.handle, Outcome.UNKNOWN, None)
+        for read in list(self._reads.values()):
+            self._on_complete(read.handle, Outcome.UNKNOWN, None)
+        self._reads.clear()
+        return lost
+
+    def _live_core(self) -> ConsensusCore:
+        core = self.core
+        if core is None:
+            raise InvariantViolation("simulator", f"node {self.id} is down")
+        return core
+
+    # ------------------------------------------------------------------ inputs
+
+    def tick(self, send: Callable[[Message], None]) -> bool:
+        self._live_core().tick()
+        return self.drain(send)
+
+    def step(self, message: Message, send: Callable[[Message], None]) -> bool:
+        self._live_core().step(message)
+        return self.drain(send)
+
+    def propose(self, data: bytes, handle: Any, send: Callable[[Message], None]) -> Proposed:
+        """Raises ``NotLeader`` / ``ProposalDropped`` from the core unchanged."""
+        proposed = self._live_core().propose(data)
+        self._waiters.setdefault(proposed.index, []).append(
+            _Waiter(handle=handle, term=proposed.term, data=data)
+        )
+        return proposed
+
+    def read(self, request_id: int, key: str, mode: ReadMode, handle: Any) -> None:
+        """Raises ``NotLeader`` / ``ProposalDropped`` from the core unchanged."""
+        self._live_core().read_index(request_id, mode=mode)
+        self._reads[request_id] = _Read(handle=handle, key=key)
+
+    def cancel(self, handle: Any) -> None:
+        """Forget a request its client gave up on (timeout)."""
+        for request_id in [r for r, read in self._reads.items() if read.handle is handle]:
+            del self._reads[request_id]
+
+    # ------------------------------------------------------------------ Ready
+
+    def drain(self, send: Callable[[Message], None]) -> bool:
+        """Process every pending Ready; True if an armed crash point was hit (crash now)."""
+        core = self.core
+        while core is not None and core.has_ready():
+            ready = core.ready()
+            self.readies += 1
+            before = self.disk.hard_state
+            write = self.disk.write(ready)
+            if write is not None:
+                self._checker.observe_persist(self.id, write, self.disk)
+            if ready.must_sync:
+                self.disk.sync()
+            crash_at = self.crash_at
+            if crash_at is not None and self.crash_on_vote:
+                after = ready.hard_state
+                if after is None or (after.term, after.vote) == (before.term, before.vote):
+                    crash_at = None
+            if crash_at is CrashPoint.AFTER_PERSIST:
+                return True
+            for message in ready.messages:
+                send(message)
+            if crash_at is CrashPoint.AFTER_SEND:
+                return True
+            self._apply(ready)
+            core.advance(ready)
+            self._serve_reads()
+            if self.applied >= self._compact_at:
+                data = self.kv.snapshot()
+                core.compact(self.applied, data)
+                self.snapshots_taken += 1
+                self._checker.observe_snapshot_taken(self.id, self.applied, data)
+                self._schedule_compaction()
+        return False
+
+    def _apply(self, ready: Ready) -> None:
+        snap = ready.apply_snapshot
+        if snap is not None:
+            self.kv.restore(snap.data)
+            self.snapshots_installed += 1
+            self._checker.observe_snapshot_applied(self.id, snap.meta.index, snap.data)
+            self.applied = snap.meta.index
+            for index in [i for i in self._waiters if i <= snap.meta.index]:
+                # The snapshot hides which entry landed at the index.
+                for waiter in self._waiters.pop(index):
+                    self._on_complete(waiter.handle, Outcome.UNKNOWN, None)
+            self._schedule_compaction()
+        term = self.disk.hard_state.term
+        for entry in ready.committed_entries:
+            self._checker.observe_apply(self.id, entry, term)
+            result = self.kv.apply(entry.data) if entry.kind is EntryKind.NORMAL else None
+            self.applied = entry.index
+            waiters = self._waiters.pop(entry.index, None)
+            if waiters:
+                self._resolve(entry, waiters, result)
+        for state in ready.read_states:
+            read = self._reads.get(state.request_id)
+            if read is not None:
+                read.index = state.index
+
+    def _resolve(self, entry: Entry, waiters: list[_Waiter], result: ApplyResult | None) -> None:
+        for waiter in waiters:
+            if entry.term == waiter.term:
+                require(
+                    entry.kind is EntryKind.NORMAL and entry.data == waiter.data,
+                    "proposal_identity",
+                    f"node {self.id}: index {entry.index} term {entry.term} was promised to "
+                    f"command {waiter.data!r} but holds {entry.kind.name} {entry.data!r}",
+                )
+                self._on_complete(waiter.handle, Outcome.OK, result)
+            else:
+                self._on_complete(waiter.handle, Outcome.FAIL, None)
+
+    def _serve_reads(self) -> None:
+        if not self._reads:
+            return
+        done = [
+            (request_id, read)
+            for request_id, read in self._reads.items()
+            if read.index is not None and read.index <= self.applied
+        ]
+        for request_id, read in done:
+            del self._reads[request_id]
+            value = self.kv.get(read.key)
+            self._on_complete(read.handle, Outcome.OK, ApplyResult(ok=True, value=value))
+
+    def _schedule_compaction(self) -> None:
+        policy = self._compaction
+        self._compact_at = Index(
+            self.applied + self._rng.randint(policy.min_entries, policy.max_entries)
+        )

@@ -405,6 +405,9 @@ DEFAULT_BODY_TABLE: BodyTable = (
     (111, _PAXOS, "InstallSnapshot"),
     (112, _PAXOS, "InstallSnapshotResponse"),
     (113, _PAXOS, "TimeoutNow"),
+    (201, "consensus.host", "NodeHeartbeat"),
+    (202, "consensus.host", "Quiesce"),
+    (203, "consensus.host", "Unquiesce"),
 )
 
 DEFAULT_BODY_MODULES: tuple[str, ...] = (_RAFT, _PAXOS)

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from consensus.backends import Backend
+from consensus.runtime.process import node_app
 from consensus.sim import FaultProfile, SimConfig, SimResult, run
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app = typer.Typer(
 )
 
 
+app.add_typer(node_app, name="node")
 
 
 @app.callback()

@@ -1,0 +1,852 @@
+"""A node: the trio loop that hosts many consensus groups and carries out their Readys.
+
+The runtime is the IO shell around the pure ``MultiGroupHost``. It makes no protocol
+decisions: it feeds the host time, messages and requests, and carries out each merged
+``HostReady`` in the order ``consensus.api`` prescribes:
+
+1. **persist** every group's hard state / entries / snapshot in ONE
+   ``StorageWriter.write_batch`` (one SQLite transaction, one fsync for all groups);
+2. **send** the messages (the transport writes one frame per peer per call);
+3. **apply** snapshots and committed entries to the state machine (worker thread), resolve
+   proposal futures, serve reads whose read index is applied;
+4. **advance** the host; then compact groups whose log grew past the snapshot interval.
+
+Votes, promises and acks leave only after step 1 returned, so they never promise state that
+is not durable (Raft Figure 2; Paxos Made Simple §2.3).
+
+One task owns the host (``_run_loop``), so host calls never interleave. Other tasks only
+queue work and wake it: the inbound pump (messages from the transport), request callers
+(``propose``, ``read``, ``create_group``) and the transport's unreachable callback. Each loop
+drains what is there with bounded counts, so many requests share one fsync (group commit)
+and one frame per peer (batching).
+
+Time. The loop turns trio's clock into logical ticks: one tick per ``tick_interval_ms``,
+scheduled on a fixed grid so a slow loop delivers the ticks it missed instead of stretching
+time. Dropping ticks would be unsafe for lease reads: a leader whose clock ran slow would
+hold its lease longer in real time than its followers wait before electing (Raft thesis
+§6.4.1). With the defaults (10 ms ticks, ``election_timeout_ticks=20``,
+``heartbeat_interval_ticks=2``) a follower campaigns after 200-400 ms of silence, leaders
+heartbeat every 20 ms, and a lease lasts ``20 * (1 - 0.1) = 18`` ticks = 180 ms. A group
+the host quiesced wakes when the host's node-liveness detector suspects its leader's node
+(``HostConfig.node_dead_ticks``, 20 ticks = 200 ms), so the worst case from a leader crash to
+a new leader is about ``node_dead + 2 * election_timeout`` plus a pre-vote and a vote round
+trip: under a second on a LAN.
+
+Requests. ``propose`` resolves with the state machine's result when the entry at the
+proposed ``(index, term)`` applies (``consensus.api.Proposed``), fails at once with
+``NotLeader(hint)`` / ``ProposalDropped`` / ``UnknownGroup``, with ``ProposalLost`` when
+another entry applies at that index, with ``OutcomeUnknown`` when a snapshot skips over the
+index, and with ``RequestTimeout`` (outcome unknown) at the deadline. ``read`` passes a read
+barrier (``read_index``) and answers from the local state machine once it has applied the
+barrier's index (Raft thesis §6.4). The number of queued plus in-flight requests is bounded;
+beyond it requests fail with ``Overloaded``.
+
+Storage failure. ``StorageFailed`` (disk full, IO error, failed fsync) stops the loop: after
+a failed fsync nothing we say can be trusted to be durable, so the node fails every pending
+request and refuses new ones with ``NodeFailed`` until it is restarted from disk.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+import trio
+
+from consensus.api import (
+    ConsensusError,
+    CoreConfig,
+    Logger,
+    NotLeader,
+    PersistedState,
+    ProposalDropped,
+    ReadMode,
+    Ready,
+    Role,
+)
+from consensus.backends import Backend
+from consensus.codec import register_default_bodies
+from consensus.host import (
+    GroupReady,
+    HostConfig,
+    HostReady,
+    HostStatistics,
+    MultiGroupHost,
+    UnknownGroup,
+)
+from consensus.runtime.errors import (
+    GroupConflict,
+    NodeClosed,
+    NodeFailed,
+    OutcomeUnknown,
+    Overloaded,
+    ProposalLost,
+    RequestTimeout,
+)
+from consensus.runtime.layout import DATA_FILE, LOG_FILE
+from consensus.runtime.statemachine import KVStateMachine, StateMachine, StateMachineError
+from consensus.storage import StorageFailed, StorageWriter, open_storage_writer
+from consensus.transport import MemoryNetwork, TcpTransportConfig, Transport, open_tcp_transport
+from consensus.types import ConfState, Entry, GroupId, Index, Message, NodeId, Snapshot, Term
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    node_id: NodeId
+    cluster_id: str
+    data_dir: Path
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 0
+    """Port of the node-to-node transport (0 picks a free one; see ``Node.listen_address``)."""
+    peers: Mapping[NodeId, tuple[str, int]] = field(default_factory=dict)
+    secret: bytes | None = None
+    create: bool = True
+    """Initialise a new log store when none exists (``False``: refuse to start without one)."""
+    tick_interval_ms: int = 10
+    election_timeout_ticks: int = 20
+    heartbeat_interval_ticks: int = 2
+    pre_vote: bool = True
+    check_quorum: bool = True
+    snapshot_interval_entries: int = 10_000
+    """Compact a group's log once this many entries were applied since its last snapshot."""
+    max_pending_requests: int = 10_000
+    """Queued plus in-flight requests; more fail with ``Overloaded``."""
+    max_messages_per_loop: int = 8192
+    max_requests_per_loop: int = 4096
+    max_readys_per_loop: int = 4
+    """How many persist/send/apply rounds a loop runs before looking at new input again."""
+    max_inbox_messages: int = 16384
+    """Messages the inbound pump buffers before it stops reading (backpressure to peers)."""
+    max_log_db_bytes: int | None = None
+    seed: int | None = None
+    """Seed of the host's random generator (election jitter); None draws one from the OS."""
+
+    def validate(self) -> None:
+        if self.node_id <= 0:
+            raise ValueError("node ids start at 1")
+        if self.tick_interval_ms < 1:
+            raise ValueError("tick_interval_ms must be >= 1")
+        if self.snapshot_interval_entries < 1:
+            raise ValueError("snapshot_interval_entries must be >= 1")
+        for name in (
+            "max_pending_requests",
+            "max_messages_per_loop",
+            "max_requests_per_loop",
+            "max_readys_per_loop",
+            "max_inbox_messages",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+    def core_config(self, group_id: GroupId) -> CoreConfig:
+        return CoreConfig(
+            node_id=self.node_id,
+            group_id=group_id,
+            election_timeout_ticks=self.election_timeout_ticks,
+            heartbeat_interval_ticks=self.heartbeat_interval_ticks,
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeStatistics:
+    loops: int
+    ticks: int
+    readys: int
+    batches_persisted: int
+    fsyncs: int
+    """fsyncs SQLite completed on the log store (measured by its VFS shim)."""
+    frames_sent: int
+    messages_sent: int
+    messages_received: int
+    entries_committed: int
+    """Committed entries handed to the state machine (including re-deliveries)."""
+    entries_applied: int
+    """Entries the state machine applied for the first time."""
+    proposals: int
+    reads: int
+    snapshots_taken: int
+    snapshots_restored: int
+    pending_requests: int
+    failed: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupStatus:
+    group_id: GroupId
+    backend: Backend
+    role: Role
+    term: Term
+    leader: NodeId
+    commit: Index
+    applied: Index
+    """What the state machine has applied (may run ahead of the core's view after restart)."""
+    last_index: Index
+    first_index: Index
+    voters: tuple[NodeId, ...]
+
+
+class _Waiter:
+    """One request's completion slot (a tiny future)."""
+
+    __slots__ = ("_event", "error", "result")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self.result: bytes | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def succeed(self, result: bytes | None) -> None:
+        if not self.done:
+            self.result = result
+            self._event.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.done:
+            self.error = error
+            self._event.set()
+
+    async def wait(self, timeout_s: float | None) -> bytes | None:
+        with trio.move_on_after(math.inf if timeout_s is None else timeout_s):
+            await self._event.wait()
+        if not self.done:
+            self.fail(RequestTimeout(f"no outcome within {timeout_s} s; the outcome is unknown"))
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+@dataclass(slots=True)
+class _Propose:
+    group_id: GroupId
+    command: bytes
+    waiter: _Waiter
+
+
+@dataclass(slots=True)
+class _Read:
+    group_id: GroupId
+    query: bytes
+    mode: ReadMode
+    waiter: _Waiter
+    index: Index | None = None
+    """Set when the read barrier passed: serve once applied reaches it."""
+
+
+@dataclass(slots=True)
+class _AddGroup:
+    group_id: GroupId
+    backend: Backend
+    conf: ConfState
+    persisted: PersistedState | None
+    waiter: _Waiter
+
+
+_Request = _Propose | _Read | _AddGroup
+
+
+@dataclass(slots=True)
+class _ApplyWork:
+    """What the worker thread does for one group in one loop."""
+
+    group_id: GroupId
+    snapshot: Snapshot | None
+    entries: tuple[Entry, ...]
+    compact_candidate: bool
+    results: tuple[bytes | None, ...] = ()
+    applied_after: Index = Index(0)
+    snapshot_data: bytes | None = None
+
+
+class Node:
+    """Use through ``open_node``. All public coroutines may be called from any task."""
+
+    def __init__(
+        self, config: NodeConfig, writer: StorageWriter, sm: StateMachine, log: Logger
+    ) -> None:
+        self._config = config
+        self._writer = writer
+        self._sm = sm
+        self._log = log
+        seed = config.seed if config.seed is not None else random.SystemRandom().getrandbits(64)
+        self._host = MultiGroupHost(
+            HostConfig(node_id=config.node_id), rng=random.Random(seed), logger=log
+        )
+        self._transport: Transport | None = None
+        self._listen_address: tuple[str, int] | None = None
+        self._sm_limiter = trio.CapacityLimiter(1)
+        self._wakeup = trio.Event()
+        self._inbox: deque[Message] = deque()
+        self._inbox_space = trio.Event()
+        self._requests: deque[_Request] = deque()
+        self._unreachable: set[NodeId] = set()
+        # group -> index -> (term, waiter): proposals waiting for their index to apply.
+        self._proposals: dict[GroupId, dict[Index, tuple[Term, _Waiter]]] = {}
+        self._reads: dict[int, _Read] = {}
+        self._barrier_passed: dict[GroupId, list[_Read]] = {}
+        self._read_ids = itertools.count(1)
+        self._last_compact: dict[GroupId, Index] = {}
+        self._admin_lock = trio.Lock()
+        self._failure: str | None = None
+        self._closed = False
+        self._counts: dict[str, int] = dict.fromkeys(
+            (
+                "loops",
+                "ticks",
+                "readys",
+                "batches",
+                "committed",
+                "applied",
+                "proposals",
+                "reads",
+                "snapshots_taken",
+                "snapshots_restored",
+            ),
+            0,
+        )
+
+    # ----------------------------------------------------------------------- public API
+
+    @property
+    def node_id(self) -> NodeId:
+        return self._config.node_id
+
+    @property
+    def config(self) -> NodeConfig:
+        return self._config
+
+    @property
+    def listen_address(self) -> tuple[str, int] | None:
+        """Where the TCP transport listens (None on a memory network)."""
+        return self._listen_address
+
+    @property
+    def failure(self) -> str | None:
+        """Why the node stopped accepting requests, or None while healthy."""
+        return self._failure
+
+    @property
+    def state_machine(self) -> StateMachine:
+        return self._sm
+
+    async def propose(
+        self, group_id: GroupId, command: bytes, *, timeout: float | None = None
+    ) -> bytes | None:
+        """Replicate ``command`` in ``group_id``; the state machine's result once applied."""
+        waiter = self._submit(_Propose(group_id=group_id, command=command, waiter=_Waiter()))
+        return await waiter.wait(timeout)
+
+    async def read(
+        self,
+        group_id: GroupId,
+        query: bytes,
+        *,
+        mode: ReadMode = ReadMode.SAFE,
+        timeout: float | None = None,
+    ) -> bytes:
+        """A linearizable read: ``StateMachine.query`` after a read barrier (ReadIndex, or
+        the leader lease in ``LEASE`` mode; Raft thesis §6.4)."""
+        read = _Read(group_id=group_id, query=query, mode=mode, waiter=_Waiter())
+        result = await self._submit(read).wait(timeout)
+        if result is None:  # query always returns bytes; None would be a runtime bug
+            raise NodeFailed("read completed without a result")
+        return result
+
+    async def create_group(
+        self, group_id: GroupId, backend: Backend | str, voters: Sequence[int]
+    ) -> bool:
+        """Host a replica of a new group (call it on every member). Persisted in the log
+        store's group table so a restart re-hosts it. Returns False if the group already
+        exists with the same backend and voters (idempotent), raises ``GroupConflict`` if
+        it exists with others."""
+        chosen = Backend(backend)
+        conf = ConfState(voters=tuple(sorted({NodeId(v) for v in voters})))
+        if not conf.voters or any(v <= 0 for v in conf.voters):
+            raise ValueError("a group needs at least one voter, ids >= 1")
+        self._check_accepting()
+        async with self._admin_lock:
+            for info in await self._writer.list_groups():
+                if info.group_id == group_id:
+                    if info.backend is chosen and info.conf == conf:
+                        return False
+                    raise GroupConflict(
+                        f"group {group_id} exists as {info.backend.value} with voters "
+                        f"{list(info.conf.voters)}"
+                    )
+            try:
+                await self._writer.create_group(group_id, chosen, conf)
+            except StorageFailed as exc:
+                self._fail(f"storage failed: {exc}")
+                raise NodeFailed(self._failure or str(exc)) from exc
+            add = _AddGroup(
+                group_id=group_id, backend=chosen, conf=conf, persisted=None, waiter=_Waiter()
+            )
+            await self._submit(add, admin=True).wait(None)
+        self._log.info("group_created", group_id=int(group_id), backend=chosen.value)
+        return True
+
+    def group_ids(self) -> tuple[GroupId, ...]:
+        return self._host.group_ids()
+
+    def status(self, group_id: GroupId) -> GroupStatus:
+        st = self._host.status(group_id)
+        return GroupStatus(
+            group_id=group_id,
+            backend=self._host.backend(group_id),
+            role=st.role,
+            term=st.term,
+            leader=st.leader,
+            commit=st.commit,
+            applied=self._sm.applied_index(group_id),
+            last_index=st.last_index,
+            first_index=st.first_index,
+            voters=st.conf.voters,
+        )
+
+    def statistics(self) -> NodeStatistics:
+        c = self._counts
+        store = self._writer.statistics()
+        transport = self._transport.statistics() if self._transport is not None else None
+        return NodeStatistics(
+            loops=c["loops"],
+            ticks=c["ticks"],
+            readys=c["readys"],
+            batches_persisted=c["batches"],
+            fsyncs=store.fsyncs,
+            frames_sent=transport.frames_sent if transport else 0,
+            messages_sent=transport.messages_sent if transport else 0,
+            messages_received=transport.messages_received if transport else 0,
+            entries_committed=c["committed"],
+            entries_applied=c["applied"],
+            proposals=c["proposals"],
+            reads=c["reads"],
+            snapshots_taken=c["snapshots_taken"],
+            snapshots_restored=c["snapshots_restored"],
+            pending_requests=self._pending_requests(),
+            failed=self._failure is not None,
+        )
+
+    def host_statistics(self) -> HostStatistics:
+        return self._host.statistics()
+
+    def _pending_requests(self) -> int:
+        return (
+            len(self._requests)
+            + sum(len(p) for p in self._proposals.values())
+            + len(self._reads)
+            + sum(len(r) for r in self._barrier_passed.values())
+        )
+
+    # ----------------------------------------------------------------------- queueing
+
+    def _check_accepting(self) -> None:
+        if self._failure is not None:
+            raise NodeFailed(f"node {self.node_id} stopped accepting requests: {self._failure}")
+        if self._closed:
+            raise NodeClosed(f"node {self.node_id} is shutting down")
+
+    def _submit(self, request: _Request, *, admin: bool = False) -> _Waiter:
+        self._check_accepting()
+        # Admin work (a group joining) is never refused for load: it is rare and bounded.
+        if not admin and self._pending_requests() >= self._config.max_pending_requests:
+            raise Overloaded(
+                f"node {self.node_id} is overloaded: {self._config.max_pending_requests} "
+                "requests pending; retry later"
+            )
+        self._requests.append(request)
+        self._wake()
+        return request.waiter
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    def _on_unreachable(self, peer: NodeId) -> None:
+        # Called from the transport, possibly while the loop is between ready() and
+        # advance(). Recorded and handed to the host with the next tick, not at once: a core
+        # may answer the report with a retransmission to the same dead peer, which would be
+        # dropped and reported again, spinning the loop without end. Once per tick bounds it.
+        self._unreachable.add(peer)
+
+    # ----------------------------------------------------------------------- start-up
+
+    async def _recover(self) -> None:
+        """Re-host every group in the store with its persisted state (raises
+        ``StorageCorrupt`` for a damaged log: the node must not start on it)."""
+        infos = await self._writer.list_groups()
+        states = await self._writer.load_all()
+        for info in infos:
+            persisted = states[info.group_id]
+            snap = persisted.snapshot
+            applied = self._sm.applied_index(info.group_id)
+            if snap is not None and applied < snap.meta.index:
+                # The state machine lost applies the log no longer holds (power loss with
+                # synchronous=NORMAL, or a crash between persisting a leader's snapshot and
+                # installing it): restore it from the durable snapshot.
+                await self._sm_call(self._sm.restore, info.group_id, snap)
+                self._counts["snapshots_restored"] += 1
+            self._last_compact[info.group_id] = snap.meta.index if snap else Index(0)
+            self._host.add_group(
+                info.group_id,
+                info.backend,
+                self._config.core_config(info.group_id),
+                persisted=persisted,
+                initial_conf=info.conf,
+            )
+        self._log.info(
+            "node_recovered",
+            groups=len(infos),
+            entries=sum(len(s.entries) for s in states.values()),
+        )
+
+    # ----------------------------------------------------------------------- tasks
+
+    async def _pump_inbound(self, inbound: trio.MemoryReceiveChannel[Message]) -> None:
+        async for message in inbound:
+            self._inbox.append(message)
+            self._wake()
+            while len(self._inbox) >= self._config.max_inbox_messages:
+                self._inbox_space = trio.Event()
+                await self._inbox_space.wait()
+
+    async def _run_loop(self) -> None:
+        interval_s = self._config.tick_interval_ms / 1000.0
+        next_tick = trio.current_time() + interval_s
+        try:
+            while True:
+                if not (self._inbox or self._requests):
+                    with trio.move_on_at(next_tick):
+                        await self._wakeup.wait()
+                # A fresh event before draining: a wake during this loop is not lost.
+                self._wakeup = trio.Event()
+                now = trio.current_time()
+                ticks = 0
+                while next_tick <= now:
+                    ticks += 1
+                    next_tick += interval_s
+                await self._loop_once(ticks)
+        except (StorageFailed, StateMachineError) as exc:
+            self._fail(f"{type(exc).__name__}: {exc}")
+
+    async def _loop_once(self, ticks: int) -> None:
+        host = self._host
+        self._counts["loops"] += 1
+        if ticks:
+            for peer in sorted(self._unreachable):
+                host.report_unreachable(peer)
+            self._unreachable.clear()
+        inbox = self._inbox
+        for _ in range(min(len(inbox), self._config.max_messages_per_loop)):
+            host.step(inbox.popleft())
+        if len(inbox) < self._config.max_inbox_messages:
+            self._inbox_space.set()
+        for _ in range(ticks):
+            host.tick()
+        self._counts["ticks"] += ticks
+        requests = self._requests
+        for _ in range(min(len(requests), self._config.max_requests_per_loop)):
+            self._start_request(requests.popleft())
+        if requests or inbox:
+            self._wake()  # bounded per loop: the rest waits for the next iteration
+        for _ in range(self._config.max_readys_per_loop):
+            if not host.has_ready():
+                break
+            await self._handle_ready(host.ready())
+
+    def _start_request(self, request: _Request) -> None:
+        host = self._host
+        match request:
+            case _Propose(group_id=group_id, command=command, waiter=waiter):
+                if waiter.done:  # timed out while queued
+                    return
+                self._counts["proposals"] += 1
+                try:
+                    proposed = host.propose(group_id, command)
+                except (NotLeader, ProposalDropped, UnknownGroup) as exc:
+                    waiter.fail(exc)
+                    return
+                pending = self._proposals.setdefault(group_id, {})
+                previous = pending.get(proposed.index)
+                if previous is not None:
+                    # Our earlier entry at this index was truncated by a new leader's log
+                    # before it committed (Raft §5.3): it can never apply.
+                    previous[1].fail(ProposalLost("overwritten before it committed"))
+                pending[proposed.index] = (proposed.term, waiter)
+            case _Read(group_id=group_id, mode=mode, waiter=waiter):
+                if waiter.done:
+                    return
+                self._counts["reads"] += 1
+                request_id = next(self._read_ids)
+                try:
+                    host.read_index(group_id, request_id, mode=mode)
+                except (NotLeader, ProposalDropped, UnknownGroup) as exc:
+                    waiter.fail(exc)
+                    return
+                self._reads[request_id] = request
+            case _AddGroup(group_id=group_id, backend=backend, conf=conf, waiter=waiter):
+                try:
+                    host.add_group(
+                        group_id,
+                        backend,
+                        self._config.core_config(group_id),
+                        persisted=request.persisted,
+                        initial_conf=conf,
+                    )
+                except (ConsensusError, ValueError) as exc:
+                    waiter.fail(exc)
+                    return
+                self._last_compact[group_id] = Index(0)
+                waiter.succeed(None)
+
+    # ----------------------------------------------------------------------- one Ready
+
+    async def _handle_ready(self, hr: HostReady) -> None:
+        self._counts["readys"] += 1
+        # 1. persist: one transaction and one fsync for every group that has state to keep.
+        batch = [(gr.group_id, gr.ready) for gr in hr.groups if _has_durable_state(gr.ready)]
+        if batch:
+            await self._writer.write_batch(batch)
+            self._counts["batches"] += 1
+        # 2. send: only now may votes, promises and acks leave.
+        if hr.messages and self._transport is not None:
+            self._transport.send(msg for _, msgs in hr.messages for msg in msgs)
+        # 3. apply.
+        self._collect_read_states(hr.groups)
+        work = [
+            _ApplyWork(
+                group_id=gr.group_id,
+                snapshot=gr.ready.apply_snapshot,
+                entries=gr.ready.committed_entries,
+                compact_candidate=bool(gr.ready.committed_entries),
+            )
+            for gr in hr.groups
+            if gr.ready.apply_snapshot is not None or gr.ready.committed_entries
+        ]
+        reads = self._servable_reads()
+        if work or reads:
+            answers = await self._sm_call(self._apply_in_thread, work, reads)
+            self._finish_apply(work, reads, answers)
+        # 4. advance, then compact (the core only accepts indexes it knows are applied).
+        self._host.advance(hr)
+        for item in work:
+            if item.snapshot_data is not None:
+                index = item.entries[-1].index
+                self._host.compact(item.group_id, index, item.snapshot_data)
+                self._last_compact[item.group_id] = index
+                self._counts["snapshots_taken"] += 1
+                self._log.debug("group_compacted", group_id=int(item.group_id), index=int(index))
+
+    def _collect_read_states(self, groups: tuple[GroupReady, ...]) -> None:
+        for gr in groups:
+            for rs in gr.ready.read_states:
+                read = self._reads.pop(rs.request_id, None)
+                if read is None or read.waiter.done:
+                    continue
+                read.index = rs.index
+                self._barrier_passed.setdefault(gr.group_id, []).append(read)
+
+    def _servable_reads(self) -> list[_Read]:
+        """Reads whose barrier passed; the thread serves those whose index is applied."""
+        reads: list[_Read] = []
+        for group_id in sorted(self._barrier_passed):
+            reads.extend(self._barrier_passed[group_id])
+        self._barrier_passed.clear()
+        return reads
+
+    def _apply_in_thread(self, work: list[_ApplyWork], reads: list[_Read]) -> list[bytes | None]:
+        """Runs in the state machine's worker thread: restore, apply, snapshot, serve reads."""
+        sm = self._sm
+        interval = self._config.snapshot_interval_entries
+        for item in work:
+            if item.snapshot is not None:
+                sm.restore(item.group_id, item.snapshot)
+            if item.entries:
+                item.results = sm.apply(item.group_id, item.entries)
+            item.applied_after = sm.applied_index(item.group_id)
+            last_compact = self._last_compact.get(item.group_id, Index(0))
+            if (
+                item.compact_candidate
+                # Only when the machine is exactly at the core's applied index: after a
+                # restart it may run ahead while the core re-delivers old entries.
+                and item.applied_after == item.entries[-1].index
+                and item.applied_after - last_compact >= interval
+            ):
+                item.snapshot_data = sm.snapshot(item.group_id)
+        answers: list[bytes | None] = []
+        for read in reads:
+            index = read.index if read.index is not None else Index(0)
+            if sm.applied_index(read.group_id) >= index:
+                answers.append(sm.query(read.group_id, read.query))
+            else:
+                answers.append(None)
+        return answers
+
+    def _finish_apply(
+        self, work: list[_ApplyWork], reads: list[_Read], answers: list[bytes | None]
+    ) -> None:
+        for item in work:
+            pending = self._proposals.get(item.group_id)
+            if item.snapshot is not None:
+                self._counts["snapshots_restored"] += 1
+                if pending:
+                    # The entries up to the snapshot never reach us one by one: whether our
+                    # proposal is among them cannot be told from here.
+                    for index in sorted(i for i in pending if i <= item.snapshot.meta.index):
+                        _, waiter = pending.pop(index)
+                        waiter.fail(OutcomeUnknown("a snapshot replaced the log over it"))
+            self._counts["committed"] += len(item.entries)
+            self._counts["applied"] += sum(1 for r in item.results if r is not None)
+            if not pending:
+                self._proposals.pop(item.group_id, None)
+                continue
+            for entry, result in zip(item.entries, item.results, strict=True):
+                slot = pending.pop(entry.index, None)
+                if slot is None:
+                    continue
+                term, waiter = slot
+                if entry.term == term:
+                    waiter.succeed(result)
+                else:
+                    waiter.fail(ProposalLost(f"entry {entry.index} committed with another value"))
+        for read, answer in zip(reads, answers, strict=True):
+            if answer is None:
+                self._barrier_passed.setdefault(read.group_id, []).append(read)
+            else:
+                read.waiter.succeed(answer)
+
+    async def _sm_call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._sm_limiter)
+
+    # ----------------------------------------------------------------------- failure
+
+    def _fail(self, reason: str) -> None:
+        if self._failure is not None:
+            return
+        self._failure = reason
+        self._log.warning("node_failed", reason=reason)
+        self._fail_all(NodeFailed(f"node {self.node_id} stopped accepting requests: {reason}"))
+
+    def _fail_all(self, error: Exception) -> None:
+        for request in self._requests:
+            request.waiter.fail(error)
+        self._requests.clear()
+        for group_id in sorted(self._proposals):
+            for index in sorted(self._proposals[group_id]):
+                self._proposals[group_id][index][1].fail(error)
+        self._proposals.clear()
+        for read in self._reads.values():
+            read.waiter.fail(error)
+        self._reads.clear()
+        for reads in self._barrier_passed.values():
+            for read in reads:
+                read.waiter.fail(error)
+        self._barrier_passed.clear()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._fail_all(NodeClosed(f"node {self.node_id} shut down; the outcome is unknown"))
+
+
+def _has_durable_state(ready: Ready) -> bool:
+    return (
+        ready.hard_state is not None
+        or ready.truncate_from is not None
+        or bool(ready.entries)
+        or ready.snapshot is not None
+    )
+
+
+@asynccontextmanager
+async def open_node(
+    config: NodeConfig,
+    *,
+    network: MemoryNetwork | None = None,
+    state_machine: StateMachine | None = None,
+    logger: Logger | None = None,
+) -> AsyncIterator[Node]:
+    """Open the log store and state machine in ``config.data_dir``, re-host the persisted
+    groups, connect the transport (TCP, or ``network`` when given) and run the loop. On exit
+    every task is cancelled, pending requests fail with ``NodeClosed``, and the files close.
+
+    Raises ``StorageCorrupt`` (damaged log), ``StoreLocked`` (another process has the data
+    dir), ``StoreNotFound`` (no log and ``create=False``) before anything is served."""
+    config.validate()
+    # The codec learns the backends' and the host's message bodies here (idempotent): the
+    # TCP transport cannot frame a body it has no tag for.
+    register_default_bodies()
+    log: Logger = logger or structlog.get_logger("consensus.runtime").bind(
+        node_id=int(config.node_id)
+    )
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    async with open_storage_writer(
+        config.data_dir / LOG_FILE,
+        cluster_id=config.cluster_id,
+        node_id=config.node_id,
+        create=config.create,
+        max_db_bytes=config.max_log_db_bytes,
+        logger=log,
+    ) as writer:
+        sm: StateMachine
+        if state_machine is not None:
+            sm = state_machine
+        else:
+            sm = await trio.to_thread.run_sync(KVStateMachine, config.data_dir / DATA_FILE)
+        try:
+            node = Node(config, writer, sm, log)
+            await node._recover()
+            async with _open_transport(config, node, network) as transport:
+                node._transport = transport
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(node._pump_inbound, transport.inbound)
+                    nursery.start_soon(node._run_loop)
+                    log.info("node_started", groups=len(node.group_ids()))
+                    try:
+                        yield node
+                    finally:
+                        node._close()
+                        nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(sm.close)
+            log.info("node_stopped")
+
+
+@asynccontextmanager
+async def _open_transport(
+    config: NodeConfig, node: Node, network: MemoryNetwork | None
+) -> AsyncIterator[Transport]:
+    if network is not None:
+        async with network.open_transport(
+            config.node_id, on_unreachable=node._on_unreachable
+        ) as memory:
+            yield memory
+        return
+    peers = {n: addr for n, addr in config.peers.items() if n != config.node_id}
+    tcp_config = TcpTransportConfig(
+        node_id=config.node_id,
+        cluster_id=config.cluster_id,
+        host=config.listen_host,
+        port=config.listen_port,
+        peers=peers,
+        secret=config.secret,
+    )
+    rng = random.Random(config.seed)
+    async with open_tcp_transport(
+        tcp_config, rng=rng, on_unreachable=node._on_unreachable, logger=node._log
+    ) as tcp:
+        node._listen_address = tcp.listen_address
+        yield tcp

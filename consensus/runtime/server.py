@@ -1,0 +1,363 @@
+"""The client/admin endpoint of a node (protocol in ``consensus.runtime.protocol``).
+
+Each connection runs a reader that parses requests and a task per request (bounded per
+connection) that awaits the node and writes the reply under a lock, so one slow write does
+not hold up the others and replies go out in completion order. Nothing a client sends can
+crash the node: protocol violations close that connection, request failures become error
+replies, and an unexpected exception in a handler is logged and answered as ``internal``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from functools import partial
+from typing import Any, Final
+
+import msgpack
+import trio
+
+from consensus.api import NotLeader, ProposalDropped, ReadMode
+from consensus.backends import Backend
+from consensus.host import UnknownGroup
+from consensus.runtime import protocol as p
+from consensus.runtime.errors import NodeError
+from consensus.runtime.node import Node
+from consensus.runtime.statemachine import (
+    decode_result,
+    encode_cas,
+    encode_delete,
+    encode_get,
+    encode_put,
+)
+from consensus.types import GroupId
+
+MAX_INFLIGHT_PER_CONNECTION: Final = 1024
+HELLO_TIMEOUT_S: Final = 10.0
+DEFAULT_REQUEST_TIMEOUT_S: Final = 5.0
+MAX_REQUEST_TIMEOUT_S: Final = 60.0
+
+
+_Call = Callable[[], Awaitable[dict[str, Any]]]
+LINGER_S: Final = 1.0
+LINGER_MAX_BYTES: Final = 8 << 20
+
+
+async def _linger(stream: trio.SocketStream) -> None:
+    """Half-close, then read and discard what the client is still sending (bounded in time
+    and bytes) before closing. Closing a socket with unread input sends a TCP reset, which
+    can destroy the error reply before the client reads it."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        await stream.send_eof()
+        discarded = 0
+        with trio.move_on_after(LINGER_S):
+            while discarded < LINGER_MAX_BYTES:
+                data = await stream.receive_some(64 << 10)
+                if not data:
+                    break
+                discarded += len(data)
+
+
+class _BadRequest(Exception):
+    """The client broke the protocol: reply once and close the connection."""
+
+
+def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = args.get(name)
+    if isinstance(value, bool) and kind is int:
+        raise _BadRequest(f"argument {name!r} must be {kind}")
+    if not isinstance(value, kind):
+        raise _BadRequest(f"argument {name!r} must be {kind}, got {type(value).__name__}")
+    return value
+
+
+def _group(args: dict[str, Any]) -> GroupId:
+    group = _arg(args, "group", int)
+    if group <= 0:
+        raise _BadRequest("group ids start at 1")
+    return GroupId(group)
+
+
+def _timeout(args: dict[str, Any]) -> float:
+    raw = args.get("timeout_ms")
+    if raw is None:
+        return DEFAULT_REQUEST_TIMEOUT_S
+    if not isinstance(raw, int) or isinstance(raw, bool) or raw <= 0:
+        raise _BadRequest("timeout_ms must be a positive integer")
+    return min(raw / 1000.0, MAX_REQUEST_TIMEOUT_S)
+
+
+def error_body(exc: BaseException) -> dict[str, Any]:
+    match exc:
+        case NotLeader(leader_hint=hint):
+            return {"code": p.NOT_LEADER, "message": str(exc), "leader": int(hint)}
+        case ProposalDropped():
+            return {"code": p.DROPPED, "message": str(exc)}
+        case UnknownGroup():
+            return {"code": p.UNKNOWN_GROUP, "message": str(exc)}
+        case NodeError():
+            return {"code": exc.code, "message": str(exc)}
+        case ValueError():
+            return {"code": p.BAD_REQUEST, "message": str(exc)}
+        case _:
+            return {"code": p.INTERNAL, "message": f"{type(exc).__name__}: {exc}"}
+
+
+class ClientServer:
+    """Serves one node's client port; use through ``open_client_server``."""
+
+    def __init__(self, node: Node, *, max_request_bytes: int = p.MAX_REQUEST_BYTES) -> None:
+        self._node = node
+        self._max_request_bytes = max_request_bytes
+        self._log = node._log
+        self.connections = 0
+        self.closed_malformed = 0
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        send_lock = trio.Lock()
+        unpacker = p.new_unpacker(self._max_request_bytes)
+
+        async def reply(obj: dict[str, Any]) -> None:
+            async with send_lock:
+                await stream.send_all(p.pack(obj))
+
+        try:
+            async with stream, trio.open_nursery() as nursery:
+                limiter = trio.CapacityLimiter(MAX_INFLIGHT_PER_CONNECTION)
+                try:
+                    with trio.fail_after(HELLO_TIMEOUT_S):
+                        hello = await self._next(stream, unpacker)
+                    self._check_hello(hello)
+                    await reply(
+                        {
+                            "hello": p.PROTOCOL_NAME,
+                            "version": p.CLIENT_PROTOCOL_VERSION,
+                            "node_id": int(self._node.node_id),
+                            "cluster_id": self._node.config.cluster_id,
+                        }
+                    )
+                    while True:
+                        request = await self._next(stream, unpacker)
+                        if request is None:
+                            break
+                        request_id, op, args = self._parse(request)
+                        call = self._prepare(op, args)
+                        try:
+                            limiter.acquire_on_behalf_of_nowait(request_id)
+                        except trio.WouldBlock:
+                            await reply(
+                                {
+                                    "id": request_id,
+                                    "ok": False,
+                                    "error": {
+                                        "code": "overloaded",
+                                        "message": "too many requests in flight on this connection",
+                                    },
+                                }
+                            )
+                            continue
+                        nursery.start_soon(self._serve, request_id, op, call, reply, limiter)
+                except (_BadRequest, trio.TooSlowError) as exc:
+                    self.closed_malformed += 1
+                    reason = "hello timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+                    self._log.info("client_connection_closed_malformed", reason=reason)
+                    await reply(
+                        {
+                            "id": None,
+                            "ok": False,
+                            "error": {"code": p.BAD_REQUEST, "message": reason},
+                        }
+                    )
+                    await _linger(stream)
+                finally:
+                    nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client went away; its in-flight requests simply lose their replies
+
+    async def _next(self, stream: trio.SocketStream, unpacker: msgpack.Unpacker) -> Any:
+        """The next msgpack object, or None when the client closed cleanly."""
+        while True:
+            try:
+                return unpacker.unpack()
+            except msgpack.OutOfData:
+                pass
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                raise _BadRequest(f"malformed msgpack: {exc!r}") from exc
+            data = await stream.receive_some(64 << 10)
+            if not data:
+                return None
+            try:
+                unpacker.feed(data)
+            except msgpack.BufferFull as exc:
+                raise _BadRequest(f"request larger than {self._max_request_bytes} bytes") from exc
+
+    def _check_hello(self, hello: Any) -> None:
+        if not isinstance(hello, dict) or hello.get("hello") != p.PROTOCOL_NAME:
+            raise _BadRequest("expected a hello")
+        if hello.get("version") != p.CLIENT_PROTOCOL_VERSION:
+            raise _BadRequest(
+                f"client protocol version {hello.get('version')!r} is not supported; "
+                f"this node speaks {p.CLIENT_PROTOCOL_VERSION}"
+            )
+
+    def _parse(self, request: Any) -> tuple[int, str, dict[str, Any]]:
+        if not isinstance(request, dict):
+            raise _BadRequest("a request is a map")
+        request_id = request.get("id")
+        if not isinstance(request_id, int) or isinstance(request_id, bool):
+            raise _BadRequest("request id must be an integer")
+        op = request.get("op")
+        if op not in p.OPS:
+            raise _BadRequest(f"unknown op {op!r}")
+        args = request.get("args", {})
+        if not isinstance(args, dict):
+            raise _BadRequest("args must be a map")
+        return request_id, str(op), args
+
+    async def _serve(
+        self,
+        request_id: int,
+        op: str,
+        call: _Call,
+        reply: Any,
+        limiter: trio.CapacityLimiter,
+    ) -> None:
+        try:
+            try:
+                result = await call()
+            except Exception as exc:
+                body = error_body(exc)
+                if body["code"] == p.INTERNAL:
+                    self._log.warning("client_request_failed", op=op, error=body["message"])
+                await reply({"id": request_id, "ok": False, "error": body})
+            else:
+                await reply({"id": request_id, "ok": True, "result": result})
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            limiter.release_on_behalf_of(request_id)
+
+    def _prepare(self, op: str, args: dict[str, Any]) -> _Call:
+        """Validate ``args`` now (a bad request closes the connection) and return the call
+        that does the work."""
+        node = self._node
+        match op:
+            case "put" | "delete" | "cas":
+                if op == "put":
+                    command = encode_put(_arg(args, "key", bytes), _arg(args, "value", bytes))
+                elif op == "delete":
+                    command = encode_delete(_arg(args, "key", bytes))
+                else:
+                    command = encode_cas(
+                        _arg(args, "key", bytes),
+                        _arg(args, "expected", (bytes, type(None))),
+                        _arg(args, "new", (bytes, type(None))),
+                    )
+                group, timeout = _group(args), _timeout(args)
+
+                async def propose() -> dict[str, Any]:
+                    return self._result(await node.propose(group, command, timeout=timeout))
+
+                return propose
+            case "get":
+                consistency = args.get("consistency", "safe")
+                if consistency not in ("safe", "lease"):
+                    raise _BadRequest("consistency must be 'safe' or 'lease'")
+                mode = ReadMode.LEASE if consistency == "lease" else ReadMode.SAFE
+                query = encode_get(_arg(args, "key", bytes))
+                group, timeout = _group(args), _timeout(args)
+
+                async def read() -> dict[str, Any]:
+                    answer = await node.read(group, query, mode=mode, timeout=timeout)
+                    return self._result(answer)
+
+                return read
+            case "create_group":
+                backend = _arg(args, "backend", str)
+                if backend not in {b.value for b in Backend}:
+                    raise _BadRequest(f"unknown backend {backend!r}")
+                voters = _arg(args, "voters", list)
+                if not voters or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in voters
+                ):
+                    raise _BadRequest("voters must be a non-empty list of node ids")
+                group = _group(args)
+
+                async def create() -> dict[str, Any]:
+                    return {"created": await node.create_group(group, backend, voters)}
+
+                return create
+            case "status":
+
+                async def status() -> dict[str, Any]:
+                    return self._status()
+
+                return status
+            case "stats":
+
+                async def stats() -> dict[str, Any]:
+                    return {"node": asdict(node.statistics())}
+
+                return stats
+        raise _BadRequest(f"unknown op {op!r}")
+
+    @staticmethod
+    def _result(raw: bytes | None) -> dict[str, Any]:
+        if raw is None:
+            return {}
+        result = decode_result(raw)
+        if not result["ok"] and "error" in result:
+            raise ValueError(result["error"])
+        return result
+
+    def _status(self) -> dict[str, Any]:
+        node = self._node
+        groups = []
+        for group_id in node.group_ids():
+            st = node.status(group_id)
+            groups.append(
+                {
+                    "group": int(st.group_id),
+                    "backend": st.backend.value,
+                    "role": st.role.value,
+                    "term": int(st.term),
+                    "leader": int(st.leader),
+                    "commit": int(st.commit),
+                    "applied": int(st.applied),
+                    "last_index": int(st.last_index),
+                    "first_index": int(st.first_index),
+                    "voters": [int(v) for v in st.voters],
+                }
+            )
+        return {
+            "node_id": int(node.node_id),
+            "cluster_id": node.config.cluster_id,
+            "failure": node.failure,
+            "groups": groups,
+        }
+
+
+@asynccontextmanager
+async def open_client_server(
+    node: Node,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    max_request_bytes: int = p.MAX_REQUEST_BYTES,
+) -> AsyncIterator[tuple[str, int]]:
+    """Serve ``node``'s client port; yields the bound address. Connections are cancelled
+    on exit."""
+    server = ClientServer(node, max_request_bytes=max_request_bytes)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    sockname = listeners[0].socket.getsockname()
+    address = (str(sockname[0]), int(sockname[1]))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(trio.serve_listeners, server.handle, listeners))
+        node._log.info("client_endpoint_listening", host=address[0], port=address[1])
+        try:
+            yield address
+        finally:
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,143 @@
+"""The client/admin endpoint and the client, over real TCP, against in-process nodes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import trio
+
+from consensus.runtime import ClientError, open_client, open_client_server
+from consensus.runtime import protocol as p
+
+from .helpers import MemoryCluster, memory_cluster
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@asynccontextmanager
+async def served_cluster(
+    tmp_path: Path, **overrides: Any
+) -> AsyncIterator[tuple[MemoryCluster, dict[int, tuple[str, int]]]]:
+    async with memory_cluster(tmp_path, **overrides) as cluster, AsyncExitStack() as stack:
+        addresses = {
+            node_id: await stack.enter_async_context(open_client_server(node))
+            for node_id, node in sorted(cluster.nodes.items())
+        }
+        yield cluster, addresses
+
+
+async def raw_exchange(address: tuple[str, int], payload: bytes) -> list[Any]:
+    """Send raw bytes, return every object the server sent until it closed."""
+    stream = await trio.open_tcp_stream(*address)
+    replies: list[Any] = []
+    unpacker = msgpack.Unpacker(raw=False)
+
+    async def send() -> None:
+        # The server may stop reading mid-request (oversized): a reset is fine here.
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(payload)
+
+    async with stream, trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        with trio.fail_after(10):
+            while True:
+                try:
+                    data = await stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    break
+                if not data:
+                    break
+                unpacker.feed(data)
+                replies.extend(unpacker)
+    return replies
+
+
+HELLO = p.pack({"hello": p.PROTOCOL_NAME, "version": p.CLIENT_PROTOCOL_VERSION})
+
+
+async def test_client_follows_not_leader_hints_and_runs_every_operation(tmp_path: Path) -> None:
+    async with served_cluster(tmp_path) as (cluster, addresses):
+        await cluster.create_group(1, "raft")
+        await cluster.create_group(2, "paxos")
+        leader = await cluster.wait_leader(1)
+        follower = next(n for n in (1, 2, 3) if n != int(leader.node_id))
+        # Start the client at a follower only: it must learn the leader from the hint.
+        async with open_client(addresses) as client:
+            client._leaders[1] = follower
+            await client.put(1, "k", "v1")
+            assert client._leaders[1] == int(leader.node_id)
+            assert await client.get(1, "k") == b"v1"
+            assert await client.get(1, "k", consistency="lease") == b"v1"
+            assert await client.cas(1, "k", "nope", "x") == (False, b"v1")
+            assert await client.cas(1, "k", "v1", "v2") == (True, b"v2")
+            assert await client.delete(1, "k") is True
+            assert await client.get(1, "k") is None
+            await client.put(2, b"p", b"q")
+            assert await client.get(2, b"p") == b"q"
+            await client.create_group(3, "paxos", [1, 2, 3])  # admin op on every member
+            await client.put(3, "new", "group")
+            status = await client.status(follower)
+            assert status["node_id"] == follower
+            assert {g["group"] for g in status["groups"]} == {1, 2, 3}
+            assert {g["backend"] for g in status["groups"]} == {"raft", "paxos"}
+            stats = await client.stats(int(leader.node_id))
+            assert stats["node"]["proposals"] >= 4 and stats["node"]["fsyncs"] > 0
+            with pytest.raises(ClientError) as info:
+                await client.call(follower, "put", {"group": 77, "key": b"k", "value": b"v"})
+            assert info.value.code == p.UNKNOWN_GROUP
+
+
+@pytest.mark.parametrize(
+    ("payload", "expect"),
+    [
+        (b"\xc1\xc1\xc1", "malformed msgpack"),
+        (p.pack({"hello": "shardb", "version": 99}), "version"),
+        (HELLO + p.pack([1, 2, 3]), "a request is a map"),
+        (HELLO + p.pack({"id": "x", "op": "put"}), "request id"),
+        (HELLO + p.pack({"id": 1, "op": "drop_table"}), "unknown op"),
+        (HELLO + p.pack({"id": 1, "op": "put", "args": {"group": 1, "key": "str"}}), "key"),
+        (HELLO + p.pack({"id": 1, "op": "get", "args": {"key": b"k" * (2 << 20)}}), "larger"),
+    ],
+    ids=["garbage", "version", "not-a-map", "bad-id", "unknown-op", "bad-args", "oversized"],
+)
+async def test_malformed_requests_get_an_error_and_the_connection_closes(
+    tmp_path: Path, payload: bytes, expect: str
+) -> None:
+    """Nothing a client sends crashes the node: one error reply, then the connection closes,
+    and the node keeps serving others."""
+    async with served_cluster(tmp_path, nodes=(1,)) as (cluster, addresses):
+        await cluster.nodes[1].create_group(1, "raft", [1])  # type: ignore[arg-type]
+        replies = await raw_exchange(addresses[1], payload)
+        errors = [r for r in replies if isinstance(r, dict) and r.get("ok") is False]
+        assert errors, replies
+        body = errors[-1]["error"]
+        assert expect in body["message"]
+        async with open_client({1: addresses[1]}) as client:
+            await client.put(1, "still", "serving")
+            assert await client.get(1, "still") == b"serving"
+
+
+async def test_requests_on_one_connection_are_multiplexed(tmp_path: Path) -> None:
+    """Many concurrent requests share one connection and one fsync per loop."""
+    async with served_cluster(tmp_path, nodes=(1,)) as (cluster, addresses):
+        await cluster.nodes[1].create_group(1, "paxos", [1])  # type: ignore[arg-type]
+        async with open_client({1: addresses[1]}) as client:
+            await client.put(1, "warm", "up")
+            before = cluster.nodes[1].statistics().batches_persisted
+
+            async def writer(i: int) -> None:
+                await client.put(1, f"k{i}", f"v{i}")
+
+            async with trio.open_nursery() as nursery:
+                for i in range(64):
+                    nursery.start_soon(writer, i)
+            batches = cluster.nodes[1].statistics().batches_persisted - before
+            assert batches < 64, "writes were batched into shared transactions"
+            for i in (0, 31, 63):
+                assert await client.get(1, f"k{i}") == f"v{i}".encode()

@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "consensus"
-PURE_FILES = ["api.py", "types.py", "quorum.py", "host.py", "codec.py"]
+PURE_FILES = [
+    "api.py",
+    "types.py",
+    "quorum.py",
+    "host.py",
+    "codec.py",
+    "membership.py",
+    "backends.py",
+]
 PURE_PACKAGES = ["raft", "paxos"]
 FORBIDDEN_MODULES = {
     "trio",

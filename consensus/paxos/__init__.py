@@ -29,8 +29,11 @@ Election (phase 1 once for all slots, PMS §3, PML §2.2)
 -------------------------------------------------------
 A voter that hears no leader for a randomized timeout in [T, 2T) first runs a **pre-check**
 (when ``pre_vote``): ``PreCheck(ballot, commit)`` asks each voter whether it would promise;
-a voter says no if it heard from a live leader within an election timeout, if it already
-promised a ballot at least as high, or if it compacted slots the candidate lacks. Only with
+a voter says no if it already promised a ballot at least as high, if it compacted slots the
+candidate lacks, if the candidate was removed (below), or -- only with ``check_quorum``, exactly
+like Raft, which ignores (pre-)votes while ``RaftCore._in_lease()`` -- if it heard from a live
+leader within an election timeout. That refusal exists to protect the CheckQuorum lease
+(Raft thesis §6.2, §4.2.3), so without ``check_quorum`` neither backend makes it. Only with
 a quorum of yeses does the candidate pick ``round = max(round seen) + 1``, promise its own
 ballot and send ``Prepare(ballot, from_slot=commit+1)``. So a partitioned node cannot disrupt
 a healthy leader: it never raises ballots anywhere.
@@ -95,8 +98,16 @@ acceptor state, not yet known to be chosen.
 
 Reconfiguration (alpha = 1 at configuration changes, PMS §3, PMMC §3)
 ---------------------------------------------------------------------
-A CONFIG entry at slot ``s`` (data = ``MembershipChange.to_bytes()``) governs slots ``> s``;
-every slot has exactly one configuration: the one after all CONFIG values below it. Rules:
+A CONFIG entry at slot ``s`` governs slots ``> s``; every slot has exactly one configuration:
+the one written in the last CONFIG value below it. Its data is the shared format of
+``consensus.membership``: the ops *and the resulting configuration*, which every node adopts as
+written when the slot is chosen (``_apply_conf_entry``) or when it is recovered in phase 1
+(``_conf_chain``). Never replaying ops on a node's own base is what makes a joiner safe: it
+starts with an empty ``ConfState`` (``consensus.api.CoreFactory``) and, replaying ``l4, v4`` on
+that, would conclude ``voters=(4)`` and choose values with a quorum of one. A snapshot carries
+the configuration at its slot in ``SnapshotMeta.conf``. A node whose configuration has no
+voters (a joiner that has learned nothing yet) never campaigns and never counts itself a
+quorum (``consensus.membership.tally``/``is_quorum``). Rules:
 
 1. One pending change at a time, and the leader proposes nothing beyond a CONFIG slot until
    that slot is committed (``ProposalDropped`` meanwhile). So when slot ``t > s`` is proposed,

@@ -31,6 +31,7 @@ from consensus.api import (
     Status,
     UsageError,
 )
+from consensus.membership import decode_conf_entry, encode_conf_entry, is_quorum, tally
 from consensus.paxos.ballot import (
     MAX_NODE_ID,
     NO_BALLOT,
@@ -59,7 +60,7 @@ from consensus.paxos.messages import (
     TimeoutNow,
 )
 from consensus.paxos.progress import PeerState, Progress
-from consensus.quorum import VoteResult, committed_index, has_quorum, vote_result
+from consensus.quorum import VoteResult, committed_index
 from consensus.types import (
     NO_NODE,
     ConfState,
@@ -283,7 +284,11 @@ class PaxosCore:
             raise ProposalDropped("the change would leave no voters")
         if new_conf == self._conf:
             raise ProposalDropped("the change does not alter the configuration")
-        return self._append(EntryKind.CONFIG, change.to_bytes())
+        # The entry carries the resulting configuration, not only the ops: every node adopts
+        # it as written, so a joiner with an empty bootstrap configuration ends up with the
+        # group's membership (consensus.membership). Alpha = 1 makes ``self._conf`` the
+        # configuration of the new slot, so this is the configuration after it.
+        return self._append(EntryKind.CONFIG, encode_conf_entry(change, new_conf))
 
     def transfer_leadership(self, target: NodeId) -> None:
         self._require_leader()
@@ -326,9 +331,14 @@ class PaxosCore:
         self._logger.info("compacted", index=int(index))
 
     def has_ready(self) -> bool:
-        self._flush()
+        """Whether ``ready()`` would hand out anything. Side-effect free: it only predicts
+        what ``ready()``'s flush would produce (same contract as Raft), and it is False
+        while a Ready is outstanding, since ``ready()`` may not be called then."""
+        if self._outstanding is not None:
+            return False
         return (
-            bool(self._pending_entries or self._msgs or self._read_states)
+            self._flush_due()
+            or bool(self._pending_entries or self._msgs or self._read_states)
             or self._pending_snapshot is not None
             or self._pending_apply_snapshot is not None
             or self._commit > self._handed
@@ -557,7 +567,7 @@ class PaxosCore:
             ]
             for pr in self._progress.values():
                 pr.recent_active = False
-            if self._cfg.check_quorum and not has_quorum(self._conf, active):
+            if self._cfg.check_quorum and not is_quorum(self._conf, active):
                 # Raft thesis §6.2 (CheckQuorum): a leader cut off from a quorum steps down so
                 # that clients find the new leader; its lease has expired by now anyway.
                 self._logger.info("stepped_down", reason="quorum_inactive")
@@ -614,7 +624,10 @@ class PaxosCore:
     def _on_pre_check(self, src: NodeId, m: PreCheck) -> None:
         granted = (
             m.ballot > self._promised
-            and not self._heard_from_leader(src)
+            # Parity with Raft, which ignores (pre-)votes while ``_in_lease()``: the "I heard
+            # from a live leader" refusal exists to protect CheckQuorum's lease (thesis §6.2,
+            # §4.2.3), so it applies exactly when check_quorum is on, as in ``_on_prepare``.
+            and not (self._cfg.check_quorum and self._heard_from_leader(src))
             and m.commit >= self._log.snapshot_index
             and not self._removed(src, m.commit)
         )
@@ -678,7 +691,7 @@ class PaxosCore:
                 pass
 
     def _tally_pre_check(self) -> None:
-        result = vote_result(self._conf, self._votes)
+        result = tally(self._conf, self._votes)
         if result is VoteResult.WON:
             self._become_candidate(transfer=False)
         elif result is VoteResult.LOST:
@@ -746,12 +759,10 @@ class PaxosCore:
         quorum of that configuration (see the package docstring, "Reconfiguration").
         """
         chain = [self._conf]
-        conf = self._conf
         for slot in sorted(self._recovered):
             entry = self._recovered[slot]
             if entry.kind is EntryKind.CONFIG:
-                conf = apply_change(conf, MembershipChange.from_bytes(entry.data))
-                chain.append(conf)
+                chain.append(decode_conf_entry(entry.data)[1])
         return chain
 
     def _check_phase1(self) -> None:
@@ -768,7 +779,7 @@ class PaxosCore:
                         transfer=self._transfer_campaign,
                     ),
                 )
-        results = [vote_result(conf, self._votes) for conf in chain]
+        results = [tally(conf, self._votes) for conf in chain]
         if any(r is VoteResult.LOST for r in results):
             lagging = self._lagging
             self._logger.info("phase1_lost", ballot=format_ballot(self._ballot), lagging=lagging)
@@ -967,7 +978,7 @@ class PaxosCore:
         target = self._commit
         while True:
             voters = self._accepts.get(target + 1)
-            if voters is None or not has_quorum(self._conf, voters):
+            if voters is None or not is_quorum(self._conf, voters):
                 break
             target = Index(target + 1)
         if target > self._commit:
@@ -999,7 +1010,9 @@ class PaxosCore:
                 self._start_safe_read(request_id)
 
     def _apply_conf_entry(self, entry: Entry) -> None:
-        self._conf = apply_change(self._conf, MembershipChange.from_bytes(entry.data))
+        # Adopt the resulting configuration as written; never replay the ops on our own base
+        # (a joiner's base is empty, and replaying would invent a membership).
+        self._conf = decode_conf_entry(entry.data)[1]
         self._conf_history.append((entry.index, self._conf))
         self._logger.info(
             "membership_applied",
@@ -1104,9 +1117,7 @@ class PaxosCore:
     def _send_append(self, peer: NodeId) -> None:
         pr = self._progress[peer]
         last = self._log.last_index
-        while pr.state is not PeerState.SNAPSHOT and pr.inflight < self._cfg.max_inflight_msgs:
-            if pr.next > last:
-                return
+        while self._append_due(pr):
             if pr.next < self._log.first_index:
                 self._start_snapshot(peer, pr)
                 return
@@ -1231,13 +1242,34 @@ class PaxosCore:
 
     def _flush(self) -> None:
         """Turn leader bookkeeping into messages, batching everything since the last Ready:
-        one heartbeat round and, per peer, Accepts covering all new slots."""
+        one heartbeat round and, per peer, Accepts covering all new slots. Only ``ready()``
+        calls this; ``has_ready()`` asks ``_flush_due`` instead."""
         if self._role is not Role.LEADER:
             return
         if self._heartbeat_due:
             self._broadcast_heartbeat()
         for peer in sorted(self._progress):
             self._send_append(peer)
+
+    def _flush_due(self) -> bool:
+        """Whether ``_flush`` would produce a message or a read state (no side effects).
+
+        A heartbeat round produces a message per peer; with no peers (a single-member group)
+        it can still confirm pending reads at once. Otherwise a peer gets an Accept, Learn
+        or snapshot chunk exactly when ``_send_append`` would send one."""
+        if self._role is not Role.LEADER:
+            return False
+        if self._heartbeat_due and (self._progress or self._reads_pending):
+            return True
+        return any(self._append_due(self._progress[peer]) for peer in sorted(self._progress))
+
+    def _append_due(self, pr: Progress) -> bool:
+        """Whether ``_send_append`` would send this peer something now."""
+        return (
+            pr.state is not PeerState.SNAPSHOT
+            and pr.inflight < self._cfg.max_inflight_msgs
+            and pr.next <= self._log.last_index
+        )
 
     def _store(self, entry: Entry) -> None:
         self._log.put(entry)

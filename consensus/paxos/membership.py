@@ -1,4 +1,9 @@
-"""Applying a ``MembershipChange`` to a ``ConfState`` (pure, deterministic)."""
+"""Applying a ``MembershipChange`` to a ``ConfState`` (pure, deterministic).
+
+Only the proposing leader applies a change, under the configuration of the new slot; it writes
+the result into the CONFIG entry (``consensus.membership.encode_conf_entry``) and every node
+adopts that result as written, never re-applying the ops.
+"""
 
 from __future__ import annotations
 

@@ -21,23 +21,32 @@ A change that alters more than one voter enters a joint configuration (§6: deci
 a majority of both the old and the new voters); the leader appends an entry with no
 operations to leave it once the joint entry commits.
 
-**Entry format.** A CONFIG entry's ``data`` is msgpack ``[ops, voters, voters_outgoing,
-learners]``: ``ops`` as in ``MembershipChange.to_bytes`` (for the application's benefit;
-``[]`` means "leave the joint configuration") followed by the *resulting* configuration. The
-core adopts the resulting configuration as written, so a node that joins with an empty
-bootstrap configuration and replays the log from the start ends up with exactly the
-leader's membership.
+**Entry format** (shared with Multi-Paxos, ``consensus.membership``): a CONFIG entry's
+``data`` is msgpack ``[ops, voters, voters_outgoing, learners]``: ``ops`` as in
+``MembershipChange.to_bytes`` (for the application's benefit; ``[]`` means "leave the joint
+configuration") followed by the *resulting* configuration. The core adopts the resulting
+configuration as written, so a node that joins with an empty bootstrap configuration and
+replays the log from the start ends up with exactly the leader's membership.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import msgpack
-
-from consensus.api import ChangeKind, ChangeOp, MembershipChange
+from consensus.api import ChangeKind, MembershipChange
+from consensus.membership import ConfEntryError, decode_conf_entry, encode_conf_entry
 from consensus.raft.invariants import require
 from consensus.types import NO_NODE, ConfState, Index, NodeId
+
+__all__ = [
+    "ConfChangeError",
+    "ConfEntryError",
+    "ConfHistory",
+    "apply_change",
+    "decode_conf_entry",
+    "encode_conf_entry",
+    "leave_joint",
+]
 
 
 class ConfChangeError(Exception):
@@ -98,31 +107,6 @@ def leave_joint(conf: ConfState) -> ConfState:
         voters=conf.voters,
         learners=tuple(n for n in conf.learners if n not in conf.voters),
     )
-
-
-def encode_conf_entry(change: MembershipChange, result: ConfState) -> bytes:
-    packed: bytes = msgpack.packb(
-        [
-            [[op.kind.value, int(op.node)] for op in change.ops],
-            [int(n) for n in result.voters],
-            [int(n) for n in result.voters_outgoing],
-            [int(n) for n in result.learners],
-        ]
-    )
-    return packed
-
-
-def decode_conf_entry(data: bytes) -> tuple[MembershipChange, ConfState]:
-    ops, voters, outgoing, learners = msgpack.unpackb(data)
-    change = MembershipChange(
-        ops=tuple(ChangeOp(kind=ChangeKind(k), node=NodeId(n)) for k, n in ops)
-    )
-    conf = ConfState(
-        voters=tuple(NodeId(n) for n in voters),
-        voters_outgoing=tuple(NodeId(n) for n in outgoing),
-        learners=tuple(NodeId(n) for n in learners),
-    )
-    return change, conf
 
 
 @dataclass(frozen=True, slots=True)

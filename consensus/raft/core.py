@@ -19,10 +19,11 @@ serves it once the state machine has applied ``index``.
 LEASE (thesis §6.4.1) skips step (3) within a lease, and needs ``check_quorum``. The timing
 assumption: no follower's tick runs more than ``lease_clock_drift_ratio`` faster than the
 leader's, relative to the same real time (a fast follower's election timer expires early in
-real time; ``T * (1 - r) <= T / (1 + r)`` keeps the lease inside it). The lease starts at the tick when the leader
-*sent* the heartbeat round that a quorum acknowledged, not when the acks arrived: a follower
-resets its election timer when the heartbeat arrives, which is after it was sent, so
-counting from the send time only under-estimates how long the follower will stay loyal.
+real time; ``T * (1 - r) <= T / (1 + r)`` keeps the lease inside it). The lease starts at
+the tick when the leader *sent* the heartbeat round that a quorum acknowledged, not when the
+acks arrived: a follower resets its election timer when the heartbeat arrives, which is after
+it was sent, so counting from the send time only under-estimates how long the follower will
+stay loyal.
 It lasts ``election_timeout_ticks * (1 - lease_clock_drift_ratio)`` leader ticks. Why no
 other leader can appear meanwhile: with CheckQuorum, a follower that heard from a live
 leader within its election timeout ignores RequestVote and PreVote (unless they carry the
@@ -56,14 +57,9 @@ from consensus.api import (
     Status,
     UsageError,
 )
-from consensus.quorum import VoteResult, committed_index, has_quorum, vote_result
-from consensus.raft.conf import (
-    ConfChangeError,
-    ConfHistory,
-    apply_change,
-    decode_conf_entry,
-    encode_conf_entry,
-)
+from consensus.membership import decode_conf_entry, encode_conf_entry, is_quorum, tally
+from consensus.quorum import VoteResult, committed_index
+from consensus.raft.conf import ConfChangeError, ConfHistory, apply_change
 from consensus.raft.invariants import require
 from consensus.raft.log import RaftLog
 from consensus.raft.messages import (
@@ -548,7 +544,7 @@ class RaftCore:
             "election_started", term=int(election_term), pre_vote=pre_vote, transfer=transfer
         )
         self._votes[self._id] = True
-        if vote_result(self._confs.current, self._votes) is VoteResult.WON:
+        if tally(self._confs.current, self._votes) is VoteResult.WON:
             self._won_election(transfer=transfer)
             return
         request = RequestVote(
@@ -599,7 +595,9 @@ class RaftCore:
             )
 
     def _in_lease(self) -> bool:
-        """We heard from a live leader within an election timeout (CheckQuorum only)."""
+        """We heard from a live leader within an election timeout (CheckQuorum only: the
+        refusal protects CheckQuorum's lease; PaxosCore's pre-check and Prepare refusals
+        follow the same rule)."""
         return (
             self._cfg.check_quorum
             and self._leader != NO_NODE
@@ -640,7 +638,7 @@ class RaftCore:
             for node, pr in sorted(self._progress.items())
             if node == self._id or pr.recent_active
         ]
-        if not has_quorum(self._confs.current, active):
+        if not is_quorum(self._confs.current, active):
             self._logger.info("leader_stepped_down", term=int(self._term), reason="check_quorum")
             self._become_follower(self._term, NO_NODE)
             return False
@@ -840,7 +838,7 @@ class RaftCore:
             return  # an answer to an earlier phase of the election
         if src not in self._votes:
             self._votes[src] = m.granted
-        result = vote_result(self._confs.current, self._votes)
+        result = tally(self._confs.current, self._votes)
         if result is VoteResult.WON:
             self._won_election(transfer=False)
         elif result is VoteResult.LOST:
@@ -875,6 +873,13 @@ class RaftCore:
             return
         while self._send_append(src, send_if_empty=False):
             pass
+        if pr.can_bump_commit(self._commit):
+            # The commit index already covers what this follower just acknowledged, but
+            # nothing we sent it says so (its ack was slower than the quorum's, or it was
+            # paused when the commit was broadcast). Tell it now with an empty append, as
+            # etcd does, instead of a heartbeat interval later (§5.3: followers learn the
+            # commit index from AppendEntries).
+            self._send_append(src)
         if src == self._transferee and pr.match == self._log.last_index:
             self._send_timeout_now(src)
 
@@ -899,7 +904,7 @@ class RaftCore:
             ours = self._log.last_index_of_term(m.conflict_term, m.index)
             if ours is not None:
                 hint = Index(ours + 1)
-        pr.next = Index(max(min(m.index, hint), pr.match + 1))
+        pr.move_next_back(Index(max(min(m.index, hint), pr.match + 1)))
         pr.probe_sent = False
         return True
 
@@ -960,6 +965,10 @@ class RaftCore:
         entries = self._log.slice(pr.next, self._log.last_index, max_bytes=self._cfg.max_msg_bytes)
         if not entries and not send_if_empty:
             return False
+        # The follower commits min(commit, last new entry) from this message (§5.3).
+        pr.sent_commit_through(
+            Index(min(self._commit, entries[-1].index if entries else prev_index))
+        )
         self._send(
             peer,
             AppendEntries(
@@ -1006,23 +1015,28 @@ class RaftCore:
         )
 
     def _broadcast_append(self) -> None:
+        """Send every follower its new entries; an empty append only to those it could
+        tell a higher commit index (no message when there is nothing new to tell)."""
         for peer in sorted(self._progress):
             if peer != self._id:
-                self._send_append(peer)
+                pr = self._progress[peer]
+                self._send_append(peer, send_if_empty=pr.can_bump_commit(self._commit))
 
     def _broadcast_heartbeat(self) -> None:
         round_ = self._read_only.new_round(self._ticks)
         for peer in sorted(self._progress):
             if peer == self._id:
                 continue
-            pr = self._progress[peer]
-            self._send(
-                peer,
-                Heartbeat(
-                    term=self._term, commit=Index(min(pr.match, self._commit)), context=round_
-                ),
-            )
+            self._send_heartbeat(peer, round_)
         self._confirm_reads()  # a single-voter group confirms its own round at once
+
+    def _send_heartbeat(self, peer: NodeId, round_: int) -> None:
+        pr = self._progress[peer]
+        # Only what the follower is known to hold may be committed by a heartbeat (it carries
+        # no entries to check against, §5.3).
+        commit = Index(min(pr.match, self._commit))
+        pr.sent_commit_through(commit)
+        self._send(peer, Heartbeat(term=self._term, commit=commit, context=round_))
 
     def _send_timeout_now(self, target: NodeId) -> None:
         self._logger.info("transfer_timeout_now_sent", term=int(self._term), target=int(target))
@@ -1078,33 +1092,47 @@ class RaftCore:
                 )
                 return
             if not conf.is_voter(self._id):
-                # Thesis §4.2.2: a leader removed from the configuration manages the group
-                # until the change commits, then steps down.
-                self._logger.info(
-                    "leader_stepped_down", term=int(self._term), reason="removed_from_config"
-                )
-                self._become_follower(self._term, NO_NODE)
+                self._step_down_removed()
                 return
         self._broadcast_append()  # tell followers the new commit index promptly
+
+    def _step_down_removed(self) -> None:
+        """Thesis §4.2.2: a leader removed from the configuration manages the group until the
+        change commits, then steps down. Stepping down silently would leave the group
+        leaderless for an election timeout, so it first hands off (§3.10, which names
+        removal as a reason to transfer): TimeoutNow to the remaining voter with the longest
+        log, after pushing it whatever it still lacks (links are FIFO per pair, so the
+        entries arrive first). That voter's match is at least the commit index, so it holds
+        the configuration entry and every committed entry and can win under the new
+        configuration. This is best effort and changes nothing for safety: TimeoutNow only
+        starts an ordinary election; if it is lost or the target loses, the group falls back
+        to the election timeout. No lease outlives this: we stop leading in this step."""
+        voters = [v for v in self._voters() if v != self._id]
+        # Defined order: the longest log first, the lowest id among equals.
+        target = min(voters, key=lambda v: (-self._progress[v].match, v))
+        while self._send_append(target, send_if_empty=False):
+            pass
+        self._send_timeout_now(target)
+        self._logger.info(
+            "leader_stepped_down",
+            term=int(self._term),
+            reason="removed_from_config",
+            successor=int(target),
+        )
+        self._become_follower(self._term, NO_NODE)
 
     # ================================================================== reads
 
     def _serve_read(self, request_id: int, mode: ReadMode) -> None:
         conf = self._confs.current
-        if has_quorum(conf, [self._id]) or (mode is ReadMode.LEASE and self._lease_valid()):
+        if is_quorum(conf, [self._id]) or (mode is ReadMode.LEASE and self._lease_valid()):
             self._read_states.append(ReadState(request_id=request_id, index=self._commit))
             return
         round_ = self._read_only.new_round(self._ticks)
         self._read_only.add_read(request_id, self._commit, round_)
         for peer in sorted(self._progress):
             if peer != self._id:
-                pr = self._progress[peer]
-                self._send(
-                    peer,
-                    Heartbeat(
-                        term=self._term, commit=Index(min(pr.match, self._commit)), context=round_
-                    ),
-                )
+                self._send_heartbeat(peer, round_)
 
     def _confirm_reads(self) -> None:
         released, sent_tick = self._read_only.confirm(self._confs.current, self._id)

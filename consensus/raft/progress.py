@@ -71,6 +71,7 @@ class Progress:
         "pending_snapshot",
         "probe_sent",
         "recent_active",
+        "sent_commit",
         "snapshot_offset",
         "state",
     )
@@ -88,6 +89,10 @@ class Progress:
         """Heard from within the current election timeout (CheckQuorum, thesis §6.2). A new
         peer starts active so that adding it cannot make the leader step down at once."""
         self.inflights = Inflights(max_inflight)
+        self.sent_commit = Index(0)
+        """Highest commit index a message already sent lets the follower reach: what an
+        append or heartbeat carried, capped by the log it proves the follower holds (the
+        follower commits min(leader commit, last new entry), Raft §5.3)."""
 
     def become_probe(self) -> None:
         if self.state is ProgressState.SNAPSHOT:
@@ -96,6 +101,7 @@ class Progress:
             self.next = Index(max(self.match + 1, self.pending_snapshot + 1))
         else:
             self.next = Index(self.match + 1)
+        self._forget_unconfirmed_commit()
         self.state = ProgressState.PROBE
         self.probe_sent = False
         self.pending_snapshot = Index(0)
@@ -104,6 +110,7 @@ class Progress:
 
     def become_replicate(self) -> None:
         self.next = Index(self.match + 1)
+        self._forget_unconfirmed_commit()
         self.state = ProgressState.REPLICATE
         self.probe_sent = False
         self.pending_snapshot = Index(0)
@@ -133,6 +140,26 @@ class Progress:
             self.inflights.add(last_index)
         elif self.state is ProgressState.PROBE:
             self.probe_sent = True
+
+    def sent_commit_through(self, index: Index) -> None:
+        """A message that lets the follower commit through ``index`` left."""
+        self.sent_commit = Index(max(self.sent_commit, index))
+
+    def can_bump_commit(self, commit: Index) -> bool:
+        """Whether telling the follower ``commit`` now could advance its commit index past
+        what we already told it (etcd's ``CanBumpCommit``): an empty append proves the
+        follower's log only through ``next - 1``, so that caps what it may commit."""
+        return min(commit, self.next - 1) > self.sent_commit
+
+    def move_next_back(self, next_index: Index) -> None:
+        """A rejection moved ``next`` back (§5.3): what we sent above it was refused."""
+        self.next = next_index
+        self._forget_unconfirmed_commit()
+
+    def _forget_unconfirmed_commit(self) -> None:
+        # Messages beyond ``next - 1`` may have been lost or refused, so the commit index
+        # they carried may never have reached the follower.
+        self.sent_commit = Index(min(self.sent_commit, self.next - 1))
 
     def is_paused(self) -> bool:
         if self.state is ProgressState.PROBE:

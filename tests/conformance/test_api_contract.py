@@ -113,21 +113,6 @@ def test_has_ready_agrees_with_ready(backend: str) -> None:
     assert empties > 20
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [
-        "raft",
-        pytest.param(
-            "paxos",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="divergence: PaxosCore.has_ready() ignores the outstanding Ready "
-                "(it does not check self._outstanding), so it can say True when ready() "
-                "would raise UsageError",
-            ),
-        ),
-    ],
-)
 def test_has_ready_is_false_while_a_ready_is_outstanding(backend: str) -> None:
     """consensus.api: ready() before advance() is a UsageError, so has_ready() -- "may I call
     ready() now?" -- must be False while a Ready is outstanding, even if new work (here a

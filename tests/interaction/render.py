@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from consensus.api import MembershipChange, PeerProgress, Ready, Status
+from consensus.membership import decode_conf_entry
 from consensus.types import (
     ConfState,
     Entry,
@@ -69,26 +70,18 @@ class Renderer:
     def __init__(self, backend: str) -> None:
         self.backend = backend
         self._term: Callable[[int], str] = str
-        self._decode_conf: Callable[[bytes], str] = self._decode_membership_change
         if backend == "paxos":
             from consensus.paxos.ballot import format_ballot
 
             self._term = lambda t: format_ballot(Term(t)) if t else "0"
-        elif backend == "raft":
-            self._decode_conf = self._decode_raft_conf
 
     # ------------------------------------------------------------------ values
 
     def term(self, term: int) -> str:
         return self._term(int(term))
 
-    @staticmethod
-    def _decode_membership_change(data: bytes) -> str:
-        return format_ops(MembershipChange.from_bytes(data))
-
-    def _decode_raft_conf(self, data: bytes) -> str:
-        from consensus.raft.conf import decode_conf_entry
-
+    def _decode_conf(self, data: bytes) -> str:
+        # Both backends write the shared CONFIG format: the ops and the resulting configuration.
         change, conf = decode_conf_entry(data)
         return f"{format_ops(change)} -> {self.conf(conf)}"
 

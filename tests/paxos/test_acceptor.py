@@ -226,3 +226,23 @@ def test_non_leader_requests_raise_not_leader_with_hint() -> None:
         with pytest.raises(NotLeader) as info:
             call()
         assert info.value.leader_hint == 1
+
+
+@pytest.mark.parametrize("check_quorum", [True, False])
+def test_live_leader_refusal_is_tied_to_check_quorum_like_raft(check_quorum: bool) -> None:
+    """Parity with RaftCore, which ignores (pre-)votes while ``_in_lease()`` and only with
+    check_quorum (Raft thesis §6.2, §4.2.3): the refusal protects CheckQuorum's lease, so
+    without check_quorum an acceptor that just heard from its leader still grants a higher
+    ballot's pre-check and promises its Prepare; with it, it refuses both."""
+    c = core(2, check_quorum=check_quorum)
+    c.step(envelope(1, 2, Heartbeat(ballot=B1, commit=Index(0), round=1)))
+    drain(c)
+    c.step(envelope(3, 2, PreCheck(ballot=B2, commit=Index(0))))
+    (resp,) = bodies(drain(c), PreCheckResponse)
+    assert resp.granted is not check_quorum
+    c.step(envelope(3, 2, Prepare(ballot=B2, from_slot=Index(1))))
+    rd = drain(c)
+    if check_quorum:
+        assert [n.reason for n in bodies(rd, Nack)] == [NackReason.LEASE]
+    else:
+        assert len(bodies(rd, Promise)) == 1 and c.status().term == B2

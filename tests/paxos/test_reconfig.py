@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from consensus.api import ChangeKind, ChangeOp, MembershipChange, ProposalDropped, Role
+from consensus.membership import encode_conf_entry
 from consensus.paxos import make_ballot
 from consensus.paxos.messages import Prepare, Promise
-from consensus.types import Entry, EntryKind, Index, NodeId
+from consensus.types import ConfState, Entry, EntryKind, Index, NodeId
 
 from .harness import bodies, cluster, core, drain, envelope
 
@@ -151,9 +152,14 @@ def test_phase1_needs_a_quorum_of_every_configuration_in_play() -> None:
     (prepare,) = bodies(drain(c), Prepare, dst=2)
     b = prepare.ballot
     grow = change((ChangeKind.ADD_VOTER, 4), (ChangeKind.ADD_VOTER, 5))
+    grown = ConfState(voters=tuple(NodeId(n) for n in (1, 2, 3, 4, 5)))
     old = make_ballot(1, NodeId(2))
     cfg = Entry(
-        index=Index(1), term=old, kind=EntryKind.CONFIG, data=grow.to_bytes(), accepted_ballot=old
+        index=Index(1),
+        term=old,
+        kind=EntryKind.CONFIG,
+        data=encode_conf_entry(grow, grown),
+        accepted_ballot=old,
     )
     c.step(
         envelope(

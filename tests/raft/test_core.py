@@ -127,6 +127,22 @@ def test_follower_hearing_from_leader_ignores_vote_requests() -> None:
     assert [r.granted for _, r in sent(flush(core), RequestVoteResponse)] == [True]
 
 
+@pytest.mark.parametrize("check_quorum", [True, False])
+def test_live_leader_refusal_of_pre_votes_is_tied_to_check_quorum(check_quorum: bool) -> None:
+    """Reference: Raft thesis §4.2.3/§6.2: ignoring (pre-)votes because a live leader was
+    heard is CheckQuorum's lease protection, so it happens only with check_quorum; without
+    it an up-to-date pre-candidate gets the pre-vote (thesis §9.6). PaxosCore's pre-check and
+    Prepare follow the same rule (tests/paxos/test_acceptor.py)."""
+    core = new_core(check_quorum=check_quorum, pre_vote=True)
+    core.step(env(2, 1, Heartbeat(term=Term(1), commit=Index(0))))
+    flush(core)
+    ask = RequestVote(term=Term(2), pre_vote=True, last_log_index=Index(0), last_log_term=Term(0))
+    core.step(env(3, 1, ask))
+    granted = [r.granted for _, r in sent(flush(core), RequestVoteResponse)]
+    assert granted == ([] if check_quorum else [True])
+    assert core.status().term == 1
+
+
 def test_transfer_flag_bypasses_the_lease_check() -> None:
     """Reference: Raft thesis §3.10: an election started by TimeoutNow is legitimate even
     though followers still hear from the (old) leader."""

@@ -205,8 +205,12 @@ class PaxosCore:
 
     def step(self, message: Message) -> None:
         if message.group_id != self._cfg.group_id or message.dst != self._id:
-            self._logger.warning("message_misrouted", src=int(message.src), dst=int(message.dst))
-            return
+            # Local misuse, not a misbehaving peer: the caller routes by (dst, group_id).
+            # Same contract as RaftCore.step.
+            raise UsageError(
+                f"message for node {message.dst} group {message.group_id} delivered to "
+                f"node {self._id} group {self._cfg.group_id}"
+            )
         src = message.src
         body = message.body
         match body:
@@ -396,8 +400,17 @@ class PaxosCore:
     def status(self) -> Status:
         progress: dict[NodeId, PeerProgress] = {}
         if self._role is Role.LEADER:
-            for peer in sorted(self._progress):
-                pr = self._progress[peer]
+            # The leader lists itself too (as RaftCore does): it accepts every slot it
+            # proposes at once (``_append`` counts its own vote), so it matches its whole log.
+            rows = dict(self._progress)
+            rows[self._id] = Progress(
+                next=Index(self._log.last_index + 1),
+                match=self._log.last_index,
+                state=PeerState.REPLICATE,
+                recent_active=True,
+            )
+            for peer in sorted(rows):
+                pr = rows[peer]
                 progress[peer] = PeerProgress(
                     match=pr.match,
                     next=pr.next,

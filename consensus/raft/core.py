@@ -32,6 +32,21 @@ the moment a transfer starts). Any new leader needs a vote from a quorum, which 
 the quorum that acknowledged the round, and each member of that quorum refuses votes for a
 full election timeout of its own ticks after receiving the round. Outside the lease, a LEASE
 read falls back to SAFE.
+
+That refusal must survive a crash. The member's memory of the leader (``_leader``,
+``_election_elapsed``) is volatile: a member that acknowledged the round and restarted at
+once would otherwise grant votes immediately, a candidate cut off from the leader could win
+with it and commit, and the old leader would still answer LEASE reads at an older index
+(a stale read). So a node restarted from persisted state (a term above 0 or any log or
+snapshot) treats itself as having heard from a leader at start-up and refuses non-transfer
+(pre-)votes for one election timeout of its own ticks (``_restart_guard_until_tick``).
+Restarting happens after the acknowledgement, so the refusal window it opens ends later than
+the one the crash cut short; the lease argument needs exactly "every member of the
+acknowledging quorum refuses for a full timeout after acking", across restarts. Nothing is
+persisted for this, and a freshly restarted cluster is not slowed down: a follower's own
+election timer is randomized in [T, 2T), so by the time anyone campaigns the guard has
+expired everywhere that ticks at the same rate. A brand-new node (empty state) never
+acknowledged anything and is not guarded.
 """
 
 from __future__ import annotations
@@ -181,6 +196,14 @@ class RaftCore:
         self._transfer_elapsed = 0
         self._uncommitted_bytes = 0
         self._incoming_snapshot: _SnapshotAssembly | None = None
+        self._replication_due = False
+        """Leader: appends or a commit advance wait for the next ``ready()`` to be sent, so
+        that everything between two Readys leaves as one AppendEntries per follower."""
+        restarted = hs.term > 0 or snap is not None or bool(state.entries)
+        self._restart_guard_until_tick = config.election_timeout_ticks if restarted else 0
+        """A restarted node may have acknowledged a leader's lease round just before it
+        crashed and forgotten when: it behaves as if it heard from a leader at start-up and
+        refuses non-transfer (pre-)votes until this tick (see the module docstring)."""
 
         self._become_follower(self._term, NO_NODE)
 
@@ -370,6 +393,7 @@ class RaftCore:
         return bool(
             self._msgs
             or self._read_states
+            or self._flush_due()
             or self._log.has_unstable()
             or self._snapshot_to_persist is not None
             or self._snapshot_to_apply is not None
@@ -380,6 +404,7 @@ class RaftCore:
     def ready(self) -> Ready:
         if self._outstanding is not None:
             raise UsageError("ready() called again before advance() of the previous Ready")
+        self._flush()
         truncate_from, entries = self._log.take_unstable()
         hs = self._hard_state()
         prev = self._prev_hard_state
@@ -474,6 +499,7 @@ class RaftCore:
         self._transferee = NO_NODE
         self._transfer_elapsed = 0
         self._uncommitted_bytes = 0
+        self._replication_due = False
 
     def _become_follower(self, term: Term, leader: NodeId) -> None:
         self._reset(term)
@@ -595,14 +621,15 @@ class RaftCore:
             )
 
     def _in_lease(self) -> bool:
-        """We heard from a live leader within an election timeout (CheckQuorum only: the
-        refusal protects CheckQuorum's lease; PaxosCore's pre-check and Prepare refusals
-        follow the same rule)."""
-        return (
-            self._cfg.check_quorum
-            and self._leader != NO_NODE
-            and self._election_elapsed < self._cfg.election_timeout_ticks
-        )
+        """We heard from a live leader within an election timeout, or restarted less than
+        an election timeout ago and so cannot rule that out (CheckQuorum only: the refusal
+        protects CheckQuorum's lease; PaxosCore's pre-check and Prepare refusals follow the
+        same rule, with its ``_restart_guard``)."""
+        if not self._cfg.check_quorum:
+            return False
+        if self._ticks < self._restart_guard_until_tick:
+            return True
+        return self._leader != NO_NODE and self._election_elapsed < self._cfg.election_timeout_ticks
 
     # ================================================================== tick
 
@@ -871,15 +898,10 @@ class RaftCore:
                 pr.inflights.free_le(m.index)
         if self._maybe_commit() and self._role is not Role.LEADER:
             return
-        while self._send_append(src, send_if_empty=False):
-            pass
-        if pr.can_bump_commit(self._commit):
-            # The commit index already covers what this follower just acknowledged, but
-            # nothing we sent it says so (its ack was slower than the quorum's, or it was
-            # paused when the commit was broadcast). Tell it now with an empty append, as
-            # etcd does, instead of a heartbeat interval later (§5.3: followers learn the
-            # commit index from AppendEntries).
-            self._send_append(src)
+        # The ack may have freed the inflight window, and the commit index may now cover
+        # what this follower holds although nothing we sent it says so: the flush at the
+        # next ready() sends it what it lacks and the commit index (see ``_flush``).
+        self._replication_due = True
         if src == self._transferee and pr.match == self._log.last_index:
             self._send_timeout_now(src)
 
@@ -1014,13 +1036,45 @@ class RaftCore:
             ),
         )
 
-    def _broadcast_append(self) -> None:
-        """Send every follower its new entries; an empty append only to those it could
-        tell a higher commit index (no message when there is nothing new to tell)."""
+    def _flush(self) -> None:
+        """Send what proposals, acks and commit advances since the last Ready made due, once
+        per follower (only ``ready()`` calls this; ``has_ready()`` asks ``_flush_due``).
+
+        Deferring to here batches like PaxosCore: K proposals between two Readys leave as
+        one AppendEntries per follower (more only past ``max_msg_bytes``, and never beyond
+        the inflight window), and a commit advance rides on the entries that follow it or,
+        if there are none, on one empty append (§5.3: followers learn the commit index from
+        AppendEntries) instead of one broadcast per advance. An empty append goes only to a
+        follower it could tell a higher commit index (etcd's ``CanBumpCommit``)."""
+        if not self._replication_due:
+            return
+        self._replication_due = False
+        if self._role is not Role.LEADER:
+            return
         for peer in sorted(self._progress):
-            if peer != self._id:
-                pr = self._progress[peer]
-                self._send_append(peer, send_if_empty=pr.can_bump_commit(self._commit))
+            if peer == self._id:
+                continue
+            while self._send_append(peer, send_if_empty=False):
+                pass
+            if self._progress[peer].can_bump_commit(self._commit):
+                self._send_append(peer)
+
+    def _flush_due(self) -> bool:
+        """Whether ``_flush`` would send anything (no side effects): some follower is not
+        paused and lacks entries, needs the snapshot, or could learn a higher commit index."""
+        if not self._replication_due or self._role is not Role.LEADER:
+            return False
+        for peer in sorted(self._progress):
+            pr = self._progress[peer]
+            if peer == self._id or pr.is_paused():
+                continue
+            if (
+                pr.next <= self._log.last_index
+                or self._log.term(Index(pr.next - 1)) is None
+                or pr.can_bump_commit(self._commit)
+            ):
+                return True
+        return False
 
     def _broadcast_heartbeat(self) -> None:
         round_ = self._read_only.new_round(self._ticks)
@@ -1053,7 +1107,7 @@ class RaftCore:
         self._append_to_log((entry,))
         if entry.kind is not EntryKind.NOOP:
             self._uncommitted_bytes += entry.size_bytes()
-        self._broadcast_append()
+        self._replication_due = True  # sent by ``_flush`` at the next ready()
         # A single-voter leader can only commit once its own write is persisted (advance).
 
     def _maybe_commit(self) -> bool:
@@ -1094,7 +1148,9 @@ class RaftCore:
             if not conf.is_voter(self._id):
                 self._step_down_removed()
                 return
-        self._broadcast_append()  # tell followers the new commit index promptly
+        # Tell followers the new commit index promptly, coalesced with anything else due
+        # before the next Ready (``_flush``).
+        self._replication_due = True
 
     def _step_down_removed(self) -> None:
         """Thesis §4.2.2: a leader removed from the configuration manages the group until the

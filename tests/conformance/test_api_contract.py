@@ -3,10 +3,12 @@ who may propose, and the ``has_ready`` / ``ready`` / ``advance`` protocol."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from consensus.api import NotLeader, UsageError
-from consensus.types import NO_NODE
+from consensus.types import NO_NODE, GroupId, NodeId
 
 from .harness import CheckedCluster
 
@@ -128,3 +130,36 @@ def test_has_ready_is_false_while_a_ready_is_outstanding(backend: str) -> None:
     core.advance(rd)
     assert core.has_ready()
     assert outstanding is False
+
+
+@pytest.mark.parametrize("misroute", ["dst", "group"])
+def test_a_misrouted_message_is_a_usage_error(backend: str, misroute: str) -> None:
+    """The caller routes messages by (dst, group_id); handing a core a message addressed to
+    another node or group is local misuse (UsageError), not a peer's fault to ignore, and it
+    leaves the core untouched."""
+    c = CheckedCluster(3, backend=backend)
+    c.core(1).campaign()
+    c.process(1)
+    [message, *_] = c.take_messages()
+    if misroute == "dst":
+        wrong = dataclasses.replace(message, dst=NodeId(3) if message.dst != 3 else NodeId(2))
+    else:
+        wrong = dataclasses.replace(message, group_id=GroupId(message.group_id + 1))
+    target = c.core(message.dst)
+    before = target.status()
+    with pytest.raises(UsageError):
+        target.step(wrong)
+    assert target.status() == before and not target.has_ready()
+
+
+def test_status_progress_lists_every_member_including_the_leader(backend: str) -> None:
+    """Status.progress is filled on the leader only, with one row per member of the
+    configuration, the leader's own included (its match is its whole log)."""
+    c = CheckedCluster(3, backend=backend)
+    c.elect(1)
+    c.propose(1, b"x")
+    c.settle()
+    st = c.core(1).status()
+    assert sorted(st.progress) == [1, 2, 3]
+    assert all(pr.match == st.last_index for pr in st.progress.values())
+    assert c.core(2).status().progress == {}

@@ -12,10 +12,11 @@ Only messages the entries cause are counted: time does not pass, except that whe
 still lack the commit point once the network is quiet, the leader is ticked (one heartbeat
 round per tick) until they have it -- that is how Multi-Paxos spreads it (consensus.paxos,
 "commit notification piggybacked on the next Accept or heartbeat"); Raft sends an extra
-append on commit instead (RaftCore._after_leader_commit). Periodic heartbeats that would
-flow anyway are otherwise not counted. ``pytest -s`` prints the table; its ``to-commit``
-column counts what was delivered (FIFO) from a proposal until the leader committed it, which
-in ``seq-b2b`` includes the previous entry's trailing messages.
+append on commit instead (RaftCore._after_leader_commit; ``_flush`` sends it at the next
+``ready()``). Periodic heartbeats that would flow anyway are otherwise not counted.
+``pytest -s`` prints the table; its ``to-commit`` column counts what was delivered (FIFO) from
+a proposal until the leader committed it, which in ``seq-b2b`` includes the previous entry's
+trailing messages.
 """
 
 from __future__ import annotations
@@ -115,6 +116,13 @@ def table(results: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
+def batch_bound(nodes: int) -> int:
+    """A batch costs one round trip carrying every entry plus one round spreading the commit
+    point: 4(n-1) messages in all, whatever K (Paxos: one Accept per peer per Ready; Raft:
+    one AppendEntries per follower per Ready, ``RaftCore._flush``)."""
+    return 4 * (nodes - 1)
+
+
 def upper_bound(nodes: int) -> float:
     """One round trip to every follower per entry, plus one more round to spread the commit
     point where nothing else carries it: 2(n-1) messages per round."""
@@ -131,6 +139,18 @@ def test_messages_per_committed_entry_are_bounded(backend: str, nodes: int, mode
     assert m.per_entry(m.total) <= upper_bound(nodes), table([m])
     assert m.per_entry(m.to_leader_commit) <= m.per_entry(m.total)
     assert m.per_entry(m.total) >= (2 * (nodes - 1) / K if mode == "batch" else 2 * (nodes - 1))
+
+
+@pytest.mark.parametrize("nodes", SIZES)
+def test_a_batch_costs_one_round_trip_plus_one_commit_round(backend: str, nodes: int) -> None:
+    """K proposals between two ready() calls leave as one replication message per follower
+    (Raft §5.3: an AppendEntries carries any number of entries; Paxos Made Simple §3: one
+    phase 2 message may cover many instances), and the leader commits after one message to
+    each follower and the first ack; the commit point then costs one more round."""
+    m = measure(backend, nodes, "batch")
+    assert sum(m.total.values()) <= batch_bound(nodes), table([m])
+    # one message to each follower, then acks from a quorum less the leader itself
+    assert sum(m.to_leader_commit.values()) <= (nodes - 1) + nodes // 2, table([m])
 
 
 def test_print_message_count_table() -> None:

@@ -311,17 +311,84 @@ def test_append_messages_respect_max_msg_bytes_but_carry_at_least_one_entry() ->
 
 
 def test_inflight_window_bounds_pipelined_appends() -> None:
-    """At most max_inflight_msgs unacknowledged appends per follower (pipelining)."""
-    core = committed_leader(max_inflight_msgs=2)
+    """At most max_inflight_msgs unacknowledged appends per follower (pipelining); an ack
+    frees the window and the rest follows at the next Ready."""
+    core = committed_leader(max_inflight_msgs=2, max_msg_bytes=1)  # one entry per message
     core.step(env(3, 1, AppendEntriesResponse(term=Term(1), success=True, index=Index(1))))
     flush(core)
     for i in range(5):
         core.propose(b"%d" % i)
     to_3 = [b for d, b in sent(flush(core), AppendEntries) if d == 3 and b.entries]
-    assert len(to_3) == 2
+    assert [[e.index for e in b.entries] for b in to_3] == [[2], [3]]
     core.step(env(3, 1, AppendEntriesResponse(term=Term(1), success=True, index=Index(3))))
     to_3 = [b for d, b in sent(flush(core), AppendEntries) if d == 3 and b.entries]
-    assert [e.index for b in to_3 for e in b.entries] == [4, 5, 6]
+    assert [[e.index for e in b.entries] for b in to_3] == [[4], [5]]
+
+
+def test_proposals_between_two_readys_leave_as_one_append_per_follower() -> None:
+    """Batching (parity with PaxosCore's one Accept per peer per Ready): K proposals made
+    between two ready() calls reach each follower in a single AppendEntries (§5.3 allows
+    any number of entries per RPC)."""
+    core = committed_leader()
+    core.step(env(3, 1, AppendEntriesResponse(term=Term(1), success=True, index=Index(1))))
+    flush(core)
+    for i in range(5):
+        core.propose(b"%d" % i)
+    appends = sent(flush(core), AppendEntries)
+    assert [(d, [e.index for e in b.entries]) for d, b in appends] == [
+        (2, [2, 3, 4, 5, 6]),
+        (3, [2, 3, 4, 5, 6]),
+    ]
+
+
+def test_replication_waits_for_ready_and_has_ready_predicts_it() -> None:
+    """propose() only queues: nothing is sent until ready(), has_ready() reports the pending
+    flush without performing it (asking twice changes nothing), and is False while a Ready
+    is outstanding."""
+    core = committed_leader()
+    core.step(env(3, 1, AppendEntriesResponse(term=Term(1), success=True, index=Index(1))))
+    flush(core)
+    assert not core.has_ready()
+    core.propose(b"x")
+    assert core.has_ready() and core.has_ready()
+    rd = core.ready()
+    assert not core.has_ready()
+    assert [d for d, _ in sent(rd, AppendEntries)] == [2, 3]
+    core.advance(rd)
+    assert not core.has_ready()
+
+
+def test_commit_advances_are_coalesced_with_new_entries() -> None:
+    """A commit advance and proposals made before the next Ready travel together: the
+    follower learns the new commit index from the append carrying the new entries (§5.3),
+    not from a separate empty append per advance."""
+    core = committed_leader()
+    core.step(env(3, 1, AppendEntriesResponse(term=Term(1), success=True, index=Index(1))))
+    flush(core)
+    core.propose(b"a")
+    flush(core)
+    core.step(env(2, 1, AppendEntriesResponse(term=Term(1), success=True, index=Index(2))))
+    assert core.status().commit == 2
+    core.propose(b"b")
+    appends = sent(flush(core), AppendEntries)
+    assert [(d, [e.index for e in b.entries], b.commit) for d, b in appends] == [
+        (2, [3], 2),
+        (3, [3], 2),
+    ]
+
+
+def test_a_paused_follower_makes_no_ready() -> None:
+    """has_ready() is True only if the flush would send something: a follower whose
+    inflight window is full gets nothing, so a proposal alone does not make a Ready once
+    the leader's own write is out of the way."""
+    core = committed_leader(max_inflight_msgs=1, voters=(1, 2))
+    core.propose(b"a")
+    flush(core)  # 2's window is now full
+    core.propose(b"b")
+    rd = core.ready()
+    assert sent(rd, AppendEntries) == [] and rd.entries
+    core.advance(rd)
+    assert not core.has_ready()
 
 
 def test_report_unreachable_moves_a_replicating_follower_to_probe() -> None:

@@ -3,15 +3,24 @@
 One seed drives network faults, crashes, clock skew, the client workload and every core;
 safety checkers run after every step and a failing seed replays exactly with the command
 printed in its ``Violation``. Entry points: ``run(SimConfig(...))`` and ``shardb sim``.
+
+The fault profiles (``consensus.sim.faults``) are built to produce the situations in which
+real bugs matter, and ``tests/sim/test_broken_variants.py`` holds them to it: deliberately
+broken Raft and Multi-Paxos cores must be caught within a fixed seed range. The
+``elections`` profile churns leadership (Raft Figure 8, split votes, crashes right after a
+vote or an acknowledgement); the ``membership`` profile runs an operator
+(``consensus.sim.operator``) that changes membership and transfers leadership while spare
+nodes wait to join with an empty configuration.
 """
 
 from consensus.sim.checkers import TRAITS, BackendTraits, InvariantViolation, SafetyChecker
 from consensus.sim.disk import DiskWrite, SimDisk
-from consensus.sim.faults import FaultKind, FaultProfile
+from consensus.sim.faults import Churn, ChurnMoment, FaultKind, FaultProfile, FaultTiming
 from consensus.sim.kv import ApplyResult, Command, KVStore, Op
 from consensus.sim.linearizability import CheckResult, KeyResult, Operation, Outcome, check_history
 from consensus.sim.network import NetworkError, SimNetwork
-from consensus.sim.node import CrashPoint, SimNode
+from consensus.sim.node import CrashPoint, CrashTrigger, SimNode
+from consensus.sim.operator import Operator, OperatorStats
 from consensus.sim.runner import SimConfig, SimResult, Simulation, Violation, run
 from consensus.sim.workload import ClientOp, ReadPath, Workload, WorkloadConfig
 
@@ -20,18 +29,24 @@ __all__ = [
     "ApplyResult",
     "BackendTraits",
     "CheckResult",
+    "Churn",
+    "ChurnMoment",
     "ClientOp",
     "Command",
     "CrashPoint",
+    "CrashTrigger",
     "DiskWrite",
     "FaultKind",
     "FaultProfile",
+    "FaultTiming",
     "InvariantViolation",
     "KVStore",
     "KeyResult",
     "NetworkError",
     "Op",
     "Operation",
+    "Operator",
+    "OperatorStats",
     "Outcome",
     "ReadPath",
     "SafetyChecker",

@@ -53,6 +53,12 @@ class BackendTraits:
     compare_terms: bool = True
     """Compare ``Entry.term`` (the value's identity, ADR 0002) besides kind and data."""
     leader_completeness: bool = True
+    joins_with_empty_conf: bool = True
+    """Spare nodes start with an empty ``ConfState`` and learn the membership from the
+    leader (``consensus.api.CoreFactory``). Turn off for a backend that cannot do that (yet):
+    its spares then start with the bootstrap configuration, of which they are not members.
+    ``tests/sim/test_operator.py`` ties this to the backend's interaction script
+    ``join_empty_conf.txt`` being xfail or not."""
 
 
 TRAITS: dict[str, BackendTraits] = {
@@ -70,6 +76,7 @@ class SafetyChecker:
         "_applied",
         "_commit_term",
         "_committed",
+        "_config_changes",
         "_lc_progress",
         "_leader_commit_seen",
         "_leaders",
@@ -90,6 +97,7 @@ class SafetyChecker:
         self._applied: dict[NodeId, Index] = {}
         self._lc_progress: dict[NodeId, tuple[Term, Index]] = {}
         self._snapshots: dict[Index, tuple[NodeId, bytes]] = {}
+        self._config_changes = 0
 
     # ------------------------------------------------------------------ queries
 
@@ -103,6 +111,11 @@ class SafetyChecker:
 
     def committed_entry(self, index: Index) -> Entry | None:
         return self._committed.get(index)
+
+    @property
+    def config_changes_committed(self) -> int:
+        """Distinct CONFIG entries some node applied."""
+        return self._config_changes
 
     # ------------------------------------------------------------------ observations
 
@@ -198,6 +211,8 @@ class SafetyChecker:
         want = self._committed.get(entry.index)
         if want is None:
             self._committed[entry.index] = entry
+            if entry.kind is EntryKind.CONFIG:
+                self._config_changes += 1
             if entry.index > self._max_committed:
                 self._max_committed = entry.index
         else:

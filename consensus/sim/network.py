@@ -155,6 +155,11 @@ class SimNetwork:
     def heal(self) -> None:
         self._cut.clear()
 
+    def reconnect(self, node: NodeId) -> None:
+        """Restore every link to and from ``node``; cuts between other nodes stay."""
+        self._check((node,))
+        self._cut = {link for link in self._cut if node not in link}
+
     @property
     def cut_links(self) -> tuple[tuple[NodeId, NodeId], ...]:
         return tuple(sorted(self._cut))

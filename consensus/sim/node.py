@@ -2,8 +2,10 @@
 
 A node carries out each Ready strictly in the order of ``consensus.api``: persist (sync if
 ``must_sync``) -> send -> apply (snapshot, committed entries) -> answer read states that
-are applied -> advance. A crash can be armed to strike between persist and send or between
-send and apply, which is where a real process dies with half its work done.
+are applied -> advance. A crash can be armed to strike between the write and the sync,
+between persist and send or between send and apply, which is where a real process dies with
+half its work done; it can wait for a Ready that casts a vote or acknowledges entries
+(``CrashTrigger``), the moments where a forgotten write does damage.
 
 Client requests enter through ``propose`` and ``read``; their outcome comes back through
 the ``on_complete`` callback once the entry at the proposal's index is applied (success iff
@@ -37,10 +39,24 @@ from consensus.types import ConfState, Entry, EntryKind, Index, Message, NodeId
 
 
 class CrashPoint(enum.Enum):
+    BEFORE_SYNC = "before_sync"
+    """Written but not synced, and no message left."""
     AFTER_PERSIST = "after_persist"
     """Persisted (and synced if asked) but no message left."""
     AFTER_SEND = "after_send"
     """Messages left but nothing applied."""
+
+
+class CrashTrigger(enum.Enum):
+    """Which Ready an armed crash point waits for."""
+
+    ANY = "any"
+    VOTE = "vote"
+    """A Ready that changes term or vote (Raft) / the promised ballot (Paxos): the narrow
+    window where a forgotten vote lets a node vote twice in one term (Raft §5.2)."""
+    ACK = "ack"
+    """A Ready that writes entries and sends messages: a follower acknowledging an append,
+    where an acknowledgement of something not durable lets a commit be lost (Figure 2)."""
 
 
 CompleteFn = Callable[[Any, Outcome, ApplyResult | None], None]
@@ -103,14 +119,13 @@ class SimNode:
         self.applied = Index(0)
         self.incarnation = 0
         self.crash_at: CrashPoint | None = None
-        self.crash_on_vote = False
-        """With ``crash_at``: strike only at a Ready that changes term or vote, the narrow
-        window where a forgotten vote lets a node vote twice in one term (Raft §5.2)."""
+        """Armed by the fault injector: crash at this point of the next matching Ready."""
+        self.crash_on = CrashTrigger.ANY
+        """Which Ready ``crash_at`` waits for."""
         self.readies = 0
+        """Readys processed so far: a step that processed none changed nothing observable."""
         self.snapshots_taken = 0
         self.snapshots_installed = 0
-        """Readys processed so far: a step that processed none changed nothing observable."""
-        """Armed by the fault injector: crash at this point of the next Ready."""
         self._factory = factory
         self._config = config
         self._initial_conf = initial_conf
@@ -156,7 +171,7 @@ class SimNode:
         """Drop the core and the volatile state; return the unsynced writes lost."""
         self.core = None
         self.crash_at = None
-        self.crash_on_vote = False
+        self.crash_on = CrashTrigger.ANY
         lost = self.disk.crash(keep=keep_unsynced)
         for index in list(self._waiters):
             for waiter in self._waiters.pop(index):
@@ -166,7 +181,7 @@ class SimNode:
         self._reads.clear()
         return lost
 
-    def _live_core(self) -> ConsensusCore:
+    def live_core(self) -> ConsensusCore:
         core = self.core
         if core is None:
             raise InvariantViolation("simulator", f"node {self.id} is down")
@@ -175,16 +190,16 @@ class SimNode:
     # ------------------------------------------------------------------ inputs
 
     def tick(self, send: Callable[[Message], None]) -> bool:
-        self._live_core().tick()
+        self.live_core().tick()
         return self.drain(send)
 
     def step(self, message: Message, send: Callable[[Message], None]) -> bool:
-        self._live_core().step(message)
+        self.live_core().step(message)
         return self.drain(send)
 
     def propose(self, data: bytes, handle: Any, send: Callable[[Message], None]) -> Proposed:
         """Raises ``NotLeader`` / ``ProposalDropped`` from the core unchanged."""
-        proposed = self._live_core().propose(data)
+        proposed = self.live_core().propose(data)
         self._waiters.setdefault(proposed.index, []).append(
             _Waiter(handle=handle, term=proposed.term, data=data)
         )
@@ -192,7 +207,7 @@ class SimNode:
 
     def read(self, request_id: int, key: str, mode: ReadMode, handle: Any) -> None:
         """Raises ``NotLeader`` / ``ProposalDropped`` from the core unchanged."""
-        self._live_core().read_index(request_id, mode=mode)
+        self.live_core().read_index(request_id, mode=mode)
         self._reads[request_id] = _Read(handle=handle, key=key)
 
     def cancel(self, handle: Any) -> None:
@@ -208,17 +223,14 @@ class SimNode:
         while core is not None and core.has_ready():
             ready = core.ready()
             self.readies += 1
-            before = self.disk.hard_state
+            crash_at = self._armed_for(ready) if self.crash_at is not None else None
             write = self.disk.write(ready)
             if write is not None:
                 self._checker.observe_persist(self.id, write, self.disk)
+            if crash_at is CrashPoint.BEFORE_SYNC:
+                return True
             if ready.must_sync:
                 self.disk.sync()
-            crash_at = self.crash_at
-            if crash_at is not None and self.crash_on_vote:
-                after = ready.hard_state
-                if after is None or (after.term, after.vote) == (before.term, before.vote):
-                    crash_at = None
             if crash_at is CrashPoint.AFTER_PERSIST:
                 return True
             for message in ready.messages:
@@ -235,6 +247,20 @@ class SimNode:
                 self._checker.observe_snapshot_taken(self.id, self.applied, data)
                 self._schedule_compaction()
         return False
+
+    def _armed_for(self, ready: Ready) -> CrashPoint | None:
+        """The armed crash point if ``ready`` is the kind of Ready it waits for."""
+        match self.crash_on:
+            case CrashTrigger.ANY:
+                return self.crash_at
+            case CrashTrigger.VOTE:
+                after = ready.hard_state
+                before = self.disk.hard_state
+                if after is None or (after.term, after.vote) == (before.term, before.vote):
+                    return None
+                return self.crash_at
+            case CrashTrigger.ACK:
+                return self.crash_at if ready.entries and ready.messages else None
 
     def _apply(self, ready: Ready) -> None:
         snap = ready.apply_snapshot

@@ -43,9 +43,20 @@ class _Connection:
     def __init__(self, node_id: int, stream: trio.SocketStream) -> None:
         self.node_id = node_id
         self.stream = stream
-        self.send_lock = trio.Lock()
+        # Requests of concurrent callers queued together leave in one write.
+        self.writer = p.CoalescingWriter(stream)
         self.waiting: dict[int, tuple[trio.Event, list[Any]]] = {}
         self.broken = False
+
+    async def write_loop(self) -> None:
+        try:
+            await self.writer.run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            # The read loop sees the closed stream and fails every waiting request with
+            # "connection lost" (their outcome is unknown: some may have left).
+            self.broken = True
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
 
     async def read_loop(self) -> None:
         unpacker = p.new_unpacker(p.MAX_RESPONSE_BYTES)
@@ -73,6 +84,7 @@ class _Connection:
             pass
         finally:
             self.broken = True
+            self.writer.close()
             for event, _ in self.waiting.values():
                 event.set()  # with no reply: the caller sees the broken connection
             self.waiting.clear()
@@ -198,8 +210,7 @@ class Client:
         box: list[Any] = []
         conn.waiting[request_id] = (event, box)
         try:
-            async with conn.send_lock:
-                await conn.stream.send_all(p.pack({"id": request_id, "op": op, "args": args}))
+            await conn.writer.send({"id": request_id, "op": op, "args": args})
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             conn.waiting.pop(request_id, None)
             self._drop(conn)
@@ -258,6 +269,7 @@ class Client:
                 raise ClientError("unreachable", f"node {node} at {address}: {exc!r}") from exc
             self._connections[node] = conn
             self._nursery.start_soon(conn.read_loop)
+            self._nursery.start_soon(conn.write_loop)
             return conn
         finally:
             del self._dialing[node]

@@ -11,7 +11,12 @@ promise or acknowledgement that depends on it may leave (Raft Figure 2, "respond
 only after updating stable storage"; Paxos Made Simple §2.3). No extra fsync call is needed;
 the VFS shim below counts the fsyncs SQLite actually issues so this is measured, not assumed
 (one per commit, plus two per automatic checkpoint). ``Ready.must_sync`` is therefore always
-honoured; batches without it pay the same fsync.
+honoured. A batch that holds only hard states none of which has ``must_sync`` (Raft's
+commit-index-only change: commit is volatile state, Figure 2) commits with
+``synchronous=NORMAL``: no fsync, but its WAL frames precede every later commit's, so the
+next synced commit makes it durable too and a crash can only lose a suffix of such unsynced
+batches, never a synced one after them. Batches with entries, truncation or a snapshot are
+always synced, whatever ``must_sync`` says (defence in depth: they are promises).
 
 Integrity. Every row carries a crc32 over a canonical encoding (see ``records``); ``load``
 verifies all of them and the ordering of the log, and raises ``CorruptRecord`` naming the
@@ -256,6 +261,8 @@ class SQLiteLogStore:
         self._log: Logger = logger or structlog.get_logger("consensus.storage").bind(
             node_id=int(node_id), cluster_id=cluster_id
         )
+        self._synced_commits = True
+        """Whether commits currently fsync (synchronous=FULL, set by _configure)."""
         self._failure: str | None = None
         self._closed = False
         self._groups: dict[GroupId, GroupInfo] = {}
@@ -452,7 +459,14 @@ class SQLiteLogStore:
             ops = [(sql, rows) for sql, rows in phases.items() if rows]
         if not ops:
             return
-        self._transact(ops, during="write_batch")
+        sync = any(
+            ready.must_sync
+            or ready.entries
+            or ready.truncate_from is not None
+            or ready.snapshot is not None
+            for _, ready in batch
+        )
+        self._transact(ops, during="write_batch", sync=sync)
         self._snapshot_index.update(snapshot_index)
         self._counters.batches += 1
         self._counters.groups += groups
@@ -572,9 +586,13 @@ class SQLiteLogStore:
         except apsw.Error as exc:
             raise self._fail(exc, during="reclaim_space") from exc
 
-    def _transact(self, ops: _Ops, *, during: str) -> None:
+    def _transact(self, ops: _Ops, *, during: str, sync: bool = True) -> None:
         conn = self._conn
         try:
+            if sync != self._synced_commits:
+                # Outside a transaction, as SQLite requires; 2 = FULL, 1 = NORMAL.
+                conn.execute(f"PRAGMA synchronous={2 if sync else 1}")
+                self._synced_commits = sync
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for sql, rows in ops:

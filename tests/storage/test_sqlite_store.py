@@ -613,3 +613,35 @@ def test_reclaim_space_empties_the_wal_and_returns_free_pages(
     assert Path(f"{db_path}-wal").stat().st_size == 0
     assert store.file_size_bytes() < full // 5
     assert store.load(G2).entries == (entry(1, 1),)
+
+
+def test_a_hard_state_batch_without_must_sync_commits_without_an_fsync(
+    open_store: OpenStore,
+) -> None:
+    """Raft Figure 2 lists commitIndex as volatile: a commit-only hard state change carries
+    ``must_sync=False`` and is committed without an fsync; the next synced batch makes it
+    durable along with its own rows, and term/vote changes (``must_sync=True``) still sync."""
+    store = open_store()
+    store.create_group(G1, "raft", CONF)
+    store.write_batch([(G1, Ready(entries=(entry(1, 1),), must_sync=True))])
+    before = store.statistics()
+    commit_only = HardState(term=Term(1), vote=NODE, commit=Index(1))
+    store.write_batch([(G1, Ready(hard_state=commit_only))])
+    unsynced = store.statistics()
+    assert unsynced.transactions - before.transactions == 1
+    assert unsynced.fsyncs == before.fsyncs
+    assert store.load(G1).hard_state == commit_only
+
+    new_term = HardState(term=Term(2), vote=NODE, commit=Index(1))
+    store.write_batch([(G1, Ready(hard_state=new_term, must_sync=True))])
+    assert store.statistics().fsyncs - unsynced.fsyncs == 1
+
+
+def test_entries_are_synced_even_when_must_sync_is_not_set(open_store: OpenStore) -> None:
+    """Entries, truncations and snapshots are promises to other nodes (Raft Figure 2,
+    "before responding to RPCs"): the store fsyncs them whatever the flag says."""
+    store = open_store()
+    store.create_group(G1, "raft", CONF)
+    before = store.statistics()
+    store.write_batch([(G1, Ready(entries=(entry(1, 1),), must_sync=False))])
+    assert store.statistics().fsyncs - before.fsyncs == 1

@@ -18,9 +18,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from consensus.backends import Backend
 from consensus.runtime.process import node_app
 from consensus.sim import FaultProfile, SimConfig, SimResult, run
+from consensus.sim.multigroup import MultiSimConfig, MultiSimResult, SimBackend, run_multi
 
 app = typer.Typer(
     name="shardb",
@@ -49,7 +49,13 @@ def _fmt_counts(counts: dict[str, int]) -> str:
 
 @app.command()
 def sim(
-    backend: Annotated[Backend, typer.Option(help="Consensus backend to simulate.")] = Backend.RAFT,
+    backend: Annotated[
+        SimBackend, typer.Option(help="Consensus backend to simulate (mixed needs --groups).")
+    ] = SimBackend.RAFT,
+    groups: Annotated[
+        int | None,
+        typer.Option(min=1, help="Groups per node, each node driving a MultiGroupHost."),
+    ] = None,
     seeds: Annotated[int, typer.Option(min=1, help="How many consecutive seeds to run.")] = 1,
     first_seed: Annotated[int, typer.Option(help="First seed of the range.")] = 0,
     seed: Annotated[
@@ -58,8 +64,12 @@ def sim(
     faults: Annotated[FaultProfile, typer.Option(help="Fault profile.")] = FaultProfile.ALL,
     steps: Annotated[int, typer.Option(min=0, help="Events in the fault phase, per seed.")] = 5_000,
     nodes: Annotated[int, typer.Option(min=1, max=9, help="Nodes in the group.")] = 3,
-    clients: Annotated[int, typer.Option(min=1, help="Concurrent clients.")] = 3,
-    keys: Annotated[int, typer.Option(min=1, help="Keys the clients work on.")] = 3,
+    clients: Annotated[
+        int | None, typer.Option(min=1, help="Concurrent clients [default: 3, or 3 per group].")
+    ] = None,
+    keys: Annotated[
+        int | None, typer.Option(min=1, help="Keys (per group) [default: 3, or 1 per group].")
+    ] = None,
     liveness_timeouts: Annotated[
         int,
         typer.Option(min=0, help="Election timeouts a write may take to commit after healing."),
@@ -84,10 +94,12 @@ def sim(
     Exits with status 1 if any seed violated a property, printing the command that
     replays each failing seed exactly.
     """
+    if groups is None and backend is SimBackend.MIXED:
+        raise typer.BadParameter("--backend mixed needs --groups", param_hint="--backend")
     seed_list = [seed] if seed is not None else list(range(first_seed, first_seed + seeds))
     err = Console(stderr=True)
     sink = (lambda line: err.print(line, markup=False, highlight=False)) if trace else None
-    results: list[SimResult] = []
+    results: list[SimResult | MultiSimResult] = []
     started = time.perf_counter()
     with Progress(
         TextColumn("[bold]sim {task.fields[backend]}"),
@@ -106,19 +118,37 @@ def sim(
         failed = 0
         for current in seed_list:
             progress.update(task, seed=current)
-            config = SimConfig(
-                seed=current,
-                backend=backend.value,
-                nodes=nodes,
-                steps=steps,
-                faults=faults,
-                clients=clients,
-                keys=keys,
-                liveness_timeouts=liveness_timeouts,
-                pre_vote=pre_vote,
-                check_quorum=check_quorum,
-            )
-            result = run(config, trace=sink)
+            result: SimResult | MultiSimResult
+            if groups is not None:
+                result = run_multi(
+                    MultiSimConfig(
+                        seed=current,
+                        groups=groups,
+                        backend=backend.value,
+                        nodes=nodes,
+                        steps=steps,
+                        faults=faults,
+                        clients=clients,
+                        keys=1 if keys is None else keys,
+                        liveness_timeouts=liveness_timeouts,
+                        pre_vote=pre_vote,
+                        check_quorum=check_quorum,
+                    )
+                )
+            else:
+                config = SimConfig(
+                    seed=current,
+                    backend=backend.value,
+                    nodes=nodes,
+                    steps=steps,
+                    faults=faults,
+                    clients=3 if clients is None else clients,
+                    keys=3 if keys is None else keys,
+                    liveness_timeouts=liveness_timeouts,
+                    pre_vote=pre_vote,
+                    check_quorum=check_quorum,
+                )
+                result = run(config, trace=sink)
             results.append(result)
             failed += 0 if result.ok else 1
             progress.update(task, advance=1, failed=failed)
@@ -132,7 +162,7 @@ def sim(
         raise typer.Exit(code=1)
 
 
-def _summarize(results: list[SimResult], elapsed_s: float) -> dict[str, Any]:
+def _summarize(results: list[SimResult | MultiSimResult], elapsed_s: float) -> dict[str, Any]:
     faults: dict[str, int] = {}
     ops: dict[str, int] = {}
     reads: dict[str, int] = {}
@@ -147,7 +177,30 @@ def _summarize(results: list[SimResult], elapsed_s: float) -> dict[str, Any]:
     total_steps = sum(r.steps for r in results)
     liveness = [r.liveness_us for r in results if r.liveness_us is not None]
     config = results[0].config
+    multi = [r for r in results if isinstance(r, MultiSimResult)]
+    extra: dict[str, Any] = {}
+    if multi:
+        quiesce_us = [r.quiesce["quiesce_us"] for r in multi]
+        extra = {
+            "groups": multi[0].config.groups,
+            "quiesce": {
+                "quiesce_us_max": max((t for t in quiesce_us if t is not None), default=None),
+                **{
+                    key: sum(r.quiesce.get(key) or 0 for r in multi)
+                    for key in (
+                        "quiet_window_messages",
+                        "quiet_window_other",
+                        "quiet_window_group_ticks",
+                        "group_ticks",
+                        "host_ticks_x_groups",
+                        "quiesce_messages",
+                        "unquiesce_messages",
+                    )
+                },
+            },
+        }
     return {
+        **extra,
         "backend": config.backend,
         "faults_profile": config.faults.value,
         "nodes": config.nodes,
@@ -196,6 +249,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
     table.add_row("backend", summary["backend"])
     table.add_row("faults profile", summary["faults_profile"])
     table.add_row("nodes", str(summary["nodes"]))
+    if "groups" in summary:
+        table.add_row("groups per node", str(summary["groups"]))
+        quiesce = summary["quiesce"]
+        table.add_row("quiesce", _fmt_counts({k: v for k, v in quiesce.items() if v is not None}))
     table.add_row("seeds run", str(summary["seeds_run"]))
     table.add_row("seeds failed", f"[red]{len(failed)}[/red]" if failed else "0")
     table.add_row("steps", str(summary["steps"]))

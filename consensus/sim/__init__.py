@@ -11,13 +11,21 @@ broken Raft and Multi-Paxos cores must be caught within a fixed seed range. The
 vote or an acknowledgement); the ``membership`` profile runs an operator
 (``consensus.sim.operator``) that changes membership and transfers leadership while spare
 nodes wait to join with an empty configuration.
+
+``consensus.sim.multigroup`` (``run_multi(MultiSimConfig(groups=G, backend="mixed"))``,
+``shardb sim --groups G``) runs every node as a ``MultiGroupHost`` with G groups, persists
+each merged ``HostReady`` as one disk record (``HostDisk``), runs every checker per group and
+checks that all groups quiesce and the network then carries only ``NodeHeartbeat``s.
 """
 
 from consensus.sim.checkers import TRAITS, BackendTraits, InvariantViolation, SafetyChecker
 from consensus.sim.disk import DiskWrite, SimDisk
 from consensus.sim.faults import Churn, ChurnMoment, FaultKind, FaultProfile, FaultTiming
+from consensus.sim.hostdisk import HostDisk
+from consensus.sim.hostnode import HostNode
 from consensus.sim.kv import ApplyResult, Command, KVStore, Op
 from consensus.sim.linearizability import CheckResult, KeyResult, Operation, Outcome, check_history
+from consensus.sim.multigroup import MultiSimConfig, MultiSimResult, SimBackend, run_multi
 from consensus.sim.network import NetworkError, SimNetwork
 from consensus.sim.node import CrashPoint, CrashTrigger, SimNode
 from consensus.sim.operator import Operator, OperatorStats
@@ -39,9 +47,13 @@ __all__ = [
     "FaultKind",
     "FaultProfile",
     "FaultTiming",
+    "HostDisk",
+    "HostNode",
     "InvariantViolation",
     "KVStore",
     "KeyResult",
+    "MultiSimConfig",
+    "MultiSimResult",
     "NetworkError",
     "Op",
     "Operation",
@@ -50,6 +62,7 @@ __all__ = [
     "Outcome",
     "ReadPath",
     "SafetyChecker",
+    "SimBackend",
     "SimConfig",
     "SimDisk",
     "SimNetwork",
@@ -61,4 +74,5 @@ __all__ = [
     "WorkloadConfig",
     "check_history",
     "run",
+    "run_multi",
 ]

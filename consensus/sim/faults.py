@@ -80,6 +80,10 @@ class FaultKind(enum.Enum):
     """A node armed to crash right after its next vote or promise (elections)."""
     CRASH_ON_ACK = "crash_on_ack"
     """A node armed to crash right after it next writes and acknowledges entries."""
+    QUIESCED_LEADER_ISOLATED = "quiesced_leader_isolated"
+    """Multi-group mode (network): the node leading the most quiesced groups is cut off for
+    longer than the peers' liveness detector needs to suspect it and elect new leaders, then
+    comes back: its frozen leases are what the host's LEASE->SAFE downgrade guards."""
 
 
 _NETWORK_WEIGHTS: dict[FaultKind, int] = {

@@ -104,6 +104,9 @@ class WorkloadConfig:
     timeout_us: tuple[int, int] = (50_000, 300_000)
     """Per-operation client timeout, drawn per operation. Short ones make clients leave a
     deposed leader quickly, which is what exposes stale reads and lost writes."""
+    key_prefix: str = "k"
+    """Keys are ``f"{key_prefix}{i}"``: the multi-group simulation gives each group its own
+    slice of the key space (``g3/k0``), as a range maps keys to one group."""
 
 
 class ClusterView(Protocol):
@@ -138,7 +141,7 @@ class Workload:
         self._cluster = cluster
         self._rng = rng
         self._config = config
-        self._keys = tuple(f"k{i}" for i in range(config.keys))
+        self._keys = tuple(f"{config.key_prefix}{i}" for i in range(config.keys))
         self._clients = [
             _Client(id=i, leader_guess=rng.choice(cluster.node_ids)) for i in range(config.clients)
         ]

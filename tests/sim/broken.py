@@ -6,9 +6,12 @@ These are test fixtures, never used outside ``tests/sim/test_broken_variants.py`
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
+from typing import Any
 
-from consensus.api import Ready
+from consensus.api import Logger, Ready
+from consensus.host import HostConfig, MultiGroupHost
 from consensus.paxos import PaxosCore, ballot_node
 from consensus.paxos.messages import Accept
 from consensus.quorum import committed_index
@@ -114,3 +117,20 @@ __all__ = [
     "RaftCommitByCounting",
     "RaftDoubleVote",
 ]
+
+
+# --------------------------------------------------------------------------- host
+
+
+class HostWithoutLeaseDowngrade(MultiGroupHost):
+    """Serves LEASE reads as LEASE even while the group is quiesced or just woke: the
+    downgrade ``consensus.host`` makes because a quiesced core's lease clock stood still."""
+
+    def _lease_clock_stood_still(self, group: Any) -> bool:
+        return False
+
+
+def host_without_lease_downgrade(
+    config: HostConfig, rng: random.Random, logger: Logger
+) -> MultiGroupHost:
+    return HostWithoutLeaseDowngrade(config, rng=rng, logger=logger)

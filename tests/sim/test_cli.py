@@ -49,3 +49,20 @@ def test_sim_exits_one_and_prints_replay_on_violation() -> None:
     assert "[liveness]" in result.stdout
     replay = "shardb sim --backend raft --seed 5 --faults none --steps 300 --nodes 3"
     assert f"replay: {replay} --liveness-timeouts 0" in result.stdout
+
+
+def test_sim_with_groups_reports_quiescence() -> None:
+    """``--groups`` runs every node as a MultiGroupHost and reports the quiet check."""
+    args = ["sim", "--groups", "4", "--backend", "mixed", "--seed", "1", "--steps", "2000"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["groups"] == 4 and summary["backend"] == "mixed"
+    assert summary["violations"] == []
+    assert summary["quiesce"]["quiet_window_other"] == 0
+    assert summary["quiesce"]["quiesce_us_max"] is not None
+
+
+def test_sim_mixed_backend_needs_groups() -> None:
+    result = runner.invoke(app, ["sim", "--backend", "mixed"])
+    assert result.exit_code == 2

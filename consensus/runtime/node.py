@@ -85,6 +85,7 @@ from consensus.api import (
     ReadMode,
     Ready,
     Role,
+    UsageError,
 )
 from consensus.backends import Backend
 from consensus.codec import register_default_bodies
@@ -220,6 +221,8 @@ class NodeStatistics:
     """Wall time spent in loop iterations (the rest of the time the loop was idle)."""
     messages_per_loop_max: int = 0
     requests_per_loop_max: int = 0
+    messages_rejected: int = 0
+    """Peer messages a group could not take (wrong backend's body, misrouted) and dropped."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -373,6 +376,7 @@ class Node:
                 "loop_busy_us",
                 "messages_per_loop_max",
                 "requests_per_loop_max",
+                "messages_rejected",
             ),
             0,
         )
@@ -501,6 +505,7 @@ class Node:
             loop_busy_us=c["loop_busy_us"],
             messages_per_loop_max=c["messages_per_loop_max"],
             requests_per_loop_max=c["requests_per_loop_max"],
+            messages_rejected=c["messages_rejected"],
         )
 
     def host_statistics(self) -> HostStatistics:
@@ -622,7 +627,7 @@ class Node:
         inbox = self._inbox
         steps = min(len(inbox), self._config.max_messages_per_loop)
         for _ in range(steps):
-            host.step(inbox.popleft())
+            self._step_inbound(inbox.popleft())
         c = self._counts
         c["messages_per_loop_max"] = max(c["messages_per_loop_max"], steps)
         if len(inbox) < self._config.max_inbox_messages:
@@ -641,6 +646,23 @@ class Node:
             if not host.has_ready():
                 break
             await self._handle_ready(host.ready())
+
+    def _step_inbound(self, message: Message) -> None:
+        """Hand one peer message to the host. A message a group cannot take -- a body of
+        the other backend (a peer configured with a different backend for this group) or a
+        misrouted envelope -- is refused by the core with ``UsageError`` before it changes
+        anything; drop it like a malformed frame instead of letting one peer stop the node."""
+        try:
+            self._host.step(message)
+        except UsageError as exc:
+            self._counts["messages_rejected"] += 1
+            self._log.warning(
+                "peer_message_rejected",
+                src=int(message.src),
+                group_id=int(message.group_id),
+                body=type(message.body).__name__,
+                reason=str(exc),
+            )
 
     def _start_request(self, request: _Request) -> None:
         host = self._host

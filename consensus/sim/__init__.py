@@ -20,6 +20,7 @@ checks that all groups quiesce and the network then carries only ``NodeHeartbeat
 
 from consensus.sim.checkers import TRAITS, BackendTraits, InvariantViolation, SafetyChecker
 from consensus.sim.disk import DiskWrite, SimDisk
+from consensus.sim.eventloop import Violation
 from consensus.sim.faults import Churn, ChurnMoment, FaultKind, FaultProfile, FaultTiming
 from consensus.sim.hostdisk import HostDisk
 from consensus.sim.hostnode import HostNode
@@ -29,7 +30,7 @@ from consensus.sim.multigroup import MultiSimConfig, MultiSimResult, SimBackend,
 from consensus.sim.network import NetworkError, SimNetwork
 from consensus.sim.node import CrashPoint, CrashTrigger, SimNode
 from consensus.sim.operator import Operator, OperatorStats
-from consensus.sim.runner import SimConfig, SimResult, Simulation, Violation, run
+from consensus.sim.runner import SimConfig, SimResult, Simulation, run
 from consensus.sim.workload import ClientOp, ReadPath, Workload, WorkloadConfig
 
 __all__ = [

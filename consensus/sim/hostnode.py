@@ -14,26 +14,27 @@ callback exactly as with ``SimNode``.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from consensus.api import CoreConfig, Logger, PersistedState, Proposed, ReadMode, Ready
+from consensus.api import CoreConfig, Logger, PersistedState, Proposed, ReadMode
 from consensus.backends import Backend
 from consensus.host import HostConfig, HostReady, MultiGroupHost
-from consensus.sim.checkers import InvariantViolation, SafetyChecker, require
+from consensus.sim.checkers import InvariantViolation, SafetyChecker
 from consensus.sim.hostdisk import HostDisk
-from consensus.sim.kv import ApplyResult, KVStore
-from consensus.sim.linearizability import Outcome
 from consensus.sim.node import (
     CompactionPolicy,
     CompleteFn,
     CrashPoint,
     CrashTrigger,
     NullLogger,
+    Replica,
+    carry_out,
 )
-from consensus.types import ConfState, Entry, EntryKind, GroupId, Index, Message, NodeId
+from consensus.types import ConfState, GroupId, Message, NodeId
 
 HostFactory = Callable[[HostConfig, random.Random, Logger], MultiGroupHost]
 """Builds the host (``MultiGroupHost`` itself, or a deliberately broken subclass in tests)."""
@@ -55,31 +56,6 @@ class GroupSpec:
     on_complete: CompleteFn
 
 
-@dataclass(slots=True)
-class _Waiter:
-    handle: Any
-    term: int
-    data: bytes
-
-
-@dataclass(slots=True)
-class _Read:
-    handle: Any
-    key: str
-    index: Index | None = None
-
-
-@dataclass(slots=True)
-class GroupReplica:
-    """A node's volatile per-group state: its KV replica and the requests it waits on."""
-
-    kv: KVStore = field(default_factory=KVStore)
-    applied: Index = Index(0)
-    waiters: dict[Index, list[_Waiter]] = field(default_factory=dict)
-    reads: dict[int, _Read] = field(default_factory=dict)
-    compact_at: Index = Index(0)
-
-
 class HostNode:
     def __init__(
         self,
@@ -96,26 +72,43 @@ class HostNode:
         self._specs: dict[GroupId, GroupSpec] = {spec.group_id: spec for spec in groups}
         self.disk = HostDisk(self._specs)
         self.host: MultiGroupHost | None = None
-        self.replicas: dict[GroupId, GroupReplica] = {}
+        self._rng = rng
+        policy = compaction if compaction is not None else CompactionPolicy()
+        self.replicas: dict[GroupId, Replica] = {
+            gid: Replica(
+                node_id,
+                who=f"node {node_id} group {gid}",
+                rng=rng,
+                checker=spec.checker,
+                on_complete=spec.on_complete,
+                compaction=policy,
+                index_order=True,
+            )
+            for gid, spec in sorted(self._specs.items())
+        }
         self.incarnation = 0
         self.crash_at: CrashPoint | None = None
         self.crash_on = CrashTrigger.ANY
         self.readies = 0
         self.touched: set[GroupId] = set()
         """Groups whose Readys were processed since the simulation last checked them."""
-        self.snapshots_taken = 0
-        self.snapshots_installed = 0
         self._host_config = host_config
         self._initial_conf = initial_conf
-        self._rng = rng
         self._host_factory = host_factory
-        self._compaction = compaction if compaction is not None else CompactionPolicy()
         self._logger = NullLogger()
         self.start()
 
     @property
     def alive(self) -> bool:
         return self.host is not None
+
+    @property
+    def snapshots_taken(self) -> int:
+        return sum(r.snapshots_taken for r in self.replicas.values())
+
+    @property
+    def snapshots_installed(self) -> int:
+        return sum(r.snapshots_installed for r in self.replicas.values())
 
     def live_host(self) -> MultiGroupHost:
         host = self.host
@@ -130,7 +123,6 @@ class HostNode:
         host = self._host_factory(
             self._host_config, random.Random(self._rng.getrandbits(64)), self._logger
         )
-        self.replicas = {}
         for gid in sorted(self._specs):
             spec = self._specs[gid]
             persisted = self.disk.load(gid)
@@ -141,14 +133,7 @@ class HostNode:
                 persisted=None if persisted == PersistedState() else persisted,
                 initial_conf=self._initial_conf,
             )
-            replica = GroupReplica()
-            if persisted.snapshot is not None:
-                # Volatile state machine, rebuilt from the durable snapshot (as SimNode).
-                replica.kv.restore(persisted.snapshot.data)
-                replica.applied = persisted.snapshot.meta.index
-            spec.checker.observe_restart(self.id, replica.applied)
-            self._schedule_compaction(replica)
-            self.replicas[gid] = replica
+            self.replicas[gid].restart(persisted)
         self.host = host
         self.incarnation += 1
         self.touched = set(self._specs)
@@ -160,14 +145,7 @@ class HostNode:
         self.crash_on = CrashTrigger.ANY
         lost = self.disk.crash(keep=keep_unsynced)
         for gid in sorted(self.replicas):
-            replica = self.replicas[gid]
-            complete = self._specs[gid].on_complete
-            for index in sorted(replica.waiters):
-                for waiter in replica.waiters.pop(index):
-                    complete(waiter.handle, Outcome.UNKNOWN, None)
-            for request_id in sorted(replica.reads):
-                complete(replica.reads[request_id].handle, Outcome.UNKNOWN, None)
-            replica.reads.clear()
+            self.replicas[gid].crash()
         self.touched.clear()
         return lost
 
@@ -184,9 +162,7 @@ class HostNode:
     def propose(self, group_id: GroupId, data: bytes, handle: Any) -> Proposed:
         """Raises ``NotLeader`` / ``ProposalDropped`` unchanged."""
         proposed = self.live_host().propose(group_id, data)
-        self.replicas[group_id].waiters.setdefault(proposed.index, []).append(
-            _Waiter(handle=handle, term=proposed.term, data=data)
-        )
+        self.replicas[group_id].wait(proposed, data, handle)
         return proposed
 
     def read(
@@ -194,12 +170,10 @@ class HostNode:
     ) -> None:
         """Raises ``NotLeader`` / ``ProposalDropped`` unchanged."""
         self.live_host().read_index(group_id, request_id, mode=mode)
-        self.replicas[group_id].reads[request_id] = _Read(handle=handle, key=key)
+        self.replicas[group_id].wait_read(request_id, key, handle)
 
     def cancel(self, group_id: GroupId, handle: Any) -> None:
-        reads = self.replicas[group_id].reads
-        for request_id in [r for r, read in reads.items() if read.handle is handle]:
-            del reads[request_id]
+        self.replicas[group_id].cancel(handle)
 
     # ------------------------------------------------------------------ HostReady
 
@@ -212,31 +186,22 @@ class HostNode:
             crash_at = self._armed_for(host_ready) if self.crash_at is not None else None
             for gid, write in self.disk.write(host_ready):
                 self._specs[gid].checker.observe_persist(self.id, write, self.disk.group(gid))
-            if crash_at is CrashPoint.BEFORE_SYNC:
-                return True
-            if host_ready.must_sync:
-                self.disk.sync()
-            if crash_at is CrashPoint.AFTER_PERSIST:
-                return True
-            for _dst, messages in host_ready.messages:
-                for message in messages:
-                    send(message)
-            if crash_at is CrashPoint.AFTER_SEND:
+            if carry_out(
+                crash_at,
+                must_sync=host_ready.must_sync,
+                sync=self.disk.sync,
+                messages=(m for _dst, messages in host_ready.messages for m in messages),
+                send=send,
+            ):
                 return True
             for group_ready in host_ready.groups:
-                self._apply(group_ready.group_id, group_ready.ready)
+                gid = group_ready.group_id
+                self.replicas[gid].apply(group_ready.ready, self.disk.group(gid).hard_state.term)
             host.advance(host_ready)
             for group_ready in host_ready.groups:
                 gid = group_ready.group_id
                 self.touched.add(gid)
-                replica = self.replicas[gid]
-                self._serve_reads(gid, replica)
-                if replica.applied >= replica.compact_at:
-                    data = replica.kv.snapshot()
-                    host.compact(gid, replica.applied, data)
-                    self.snapshots_taken += 1
-                    self._specs[gid].checker.observe_snapshot_taken(self.id, replica.applied, data)
-                    self._schedule_compaction(replica)
+                self.replicas[gid].settle(functools.partial(host.compact, gid))
         return False
 
     def _armed_for(self, host_ready: HostReady) -> CrashPoint | None:
@@ -255,68 +220,3 @@ class HostNode:
                     if group_ready.ready.entries and group_ready.ready.messages:
                         return self.crash_at
                 return None
-
-    def _apply(self, gid: GroupId, ready: Ready) -> None:
-        replica = self.replicas[gid]
-        spec = self._specs[gid]
-        checker = spec.checker
-        snap = ready.apply_snapshot
-        if snap is not None:
-            replica.kv.restore(snap.data)
-            self.snapshots_installed += 1
-            checker.observe_snapshot_applied(self.id, snap.meta.index, snap.data)
-            replica.applied = snap.meta.index
-            for index in sorted(i for i in replica.waiters if i <= snap.meta.index):
-                # The snapshot hides which entry landed at the index.
-                for waiter in replica.waiters.pop(index):
-                    spec.on_complete(waiter.handle, Outcome.UNKNOWN, None)
-            self._schedule_compaction(replica)
-        term = self.disk.group(gid).hard_state.term
-        for entry in ready.committed_entries:
-            checker.observe_apply(self.id, entry, term)
-            result = replica.kv.apply(entry.data) if entry.kind is EntryKind.NORMAL else None
-            replica.applied = entry.index
-            waiters = replica.waiters.pop(entry.index, None)
-            if waiters:
-                self._resolve(gid, entry, waiters, result)
-        for state in ready.read_states:
-            read = replica.reads.get(state.request_id)
-            if read is not None:
-                read.index = state.index
-
-    def _resolve(
-        self, gid: GroupId, entry: Entry, waiters: list[_Waiter], result: ApplyResult | None
-    ) -> None:
-        complete = self._specs[gid].on_complete
-        for waiter in waiters:
-            if entry.term == waiter.term:
-                require(
-                    entry.kind is EntryKind.NORMAL and entry.data == waiter.data,
-                    "proposal_identity",
-                    f"node {self.id} group {gid}: index {entry.index} term {entry.term} was "
-                    f"promised to command {waiter.data!r} but holds {entry.kind.name} "
-                    f"{entry.data!r}",
-                )
-                complete(waiter.handle, Outcome.OK, result)
-            else:
-                complete(waiter.handle, Outcome.FAIL, None)
-
-    def _serve_reads(self, gid: GroupId, replica: GroupReplica) -> None:
-        if not replica.reads:
-            return
-        done = [
-            (request_id, read)
-            for request_id, read in replica.reads.items()
-            if read.index is not None and read.index <= replica.applied
-        ]
-        complete = self._specs[gid].on_complete
-        for request_id, read in done:
-            del replica.reads[request_id]
-            value = replica.kv.get(read.key)
-            complete(read.handle, Outcome.OK, ApplyResult(ok=True, value=value))
-
-    def _schedule_compaction(self, replica: GroupReplica) -> None:
-        policy = self._compaction
-        replica.compact_at = Index(
-            replica.applied + self._rng.randint(policy.min_entries, policy.max_entries)
-        )

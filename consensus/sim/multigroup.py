@@ -2,9 +2,9 @@
 
 Each simulated node runs one ``MultiGroupHost`` hosting the same ``groups`` groups (all
 Raft, all Multi-Paxos, or mixed: odd group ids Raft, even ones Multi-Paxos), with quiescence
-on. Everything else is the single-group simulation's (``consensus.sim.runner``): one seed,
-the same network / crash / skew / elections fault profiles, a discrete-event loop over
-virtual time. What changes:
+on. Everything else is the single-group simulation's: one seed, the same network / crash /
+skew / elections fault profiles, the same discrete-event loop over virtual time (both modes
+subclass ``consensus.sim.eventloop.EventLoop``). What changes:
 
 * **Disk**: a node persists each merged ``HostReady`` as ONE record and syncs once when
   ``must_sync`` (``HostDisk``); a crash loses the unsynced records of all groups together,
@@ -34,10 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
-import heapq
 import random
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,31 +42,20 @@ from typing import Any
 from consensus.api import CoreConfig, Proposed, ReadMode, Role
 from consensus.backends import Backend
 from consensus.host import HostConfig, NodeHeartbeat
-from consensus.sim.checkers import TRAITS, InvariantViolation, SafetyChecker
-from consensus.sim.faults import FaultInjector, FaultKind, FaultProfile
+from consensus.sim.checkers import TRAITS, SafetyChecker
+from consensus.sim.eventloop import (
+    RECONNECT,
+    EventLoop,
+    Violation,
+    qualified_name,
+    replay_command,
+)
+from consensus.sim.faults import FaultKind, FaultProfile
 from consensus.sim.hostnode import GroupSpec, HostFactory, HostNode, default_host_factory
-from consensus.sim.kv import Op
-from consensus.sim.linearizability import Outcome, check_history
-from consensus.sim.network import SimNetwork
-from consensus.sim.node import CrashPoint, CrashTrigger
-from consensus.sim.runner import Violation
-from consensus.sim.workload import ReadPath, Workload, WorkloadConfig
+from consensus.sim.linearizability import Outcome
+from consensus.sim.workload import Workload, WorkloadConfig
 from consensus.types import ConfState, GroupId, Message, NodeId, Term
 
-_TICK = 0
-_DELIVER = 1
-_CALL = 2
-_FAULT = 3
-_RESTART = 4
-_RECONNECT = 5
-
-_MIN_DELAY_US = 200
-_MAX_DELAY_US = 3_000
-_ELECTION_TIMEOUT_TICKS = 10
-_MAX_MSG_BYTES = 2_048
-_ELECTIONS_TIMEOUT_TICKS = (3, 4, 5, 10)
-_ELECTIONS_MAX_DELAY_US = (3_000, 12_000, 30_000)
-_ELECTIONS_MAX_MSG_BYTES = (1, 128, 2_048)
 _THINK_MAX_US = (20_000, 150_000, 600_000, 2_000_000)
 """Per-group upper bound of a client's pause between operations: busy groups never idle,
 slow ones quiesce between operations (a leader needs ``heartbeat_interval + 1`` idle ticks)."""
@@ -126,37 +112,28 @@ class MultiSimConfig:
             raise ValueError("the membership profile is not supported with many groups yet")
 
     def replay_command(self) -> str:
-        parts = [
-            "shardb sim",
-            f"--groups {self.groups}",
-            f"--backend {self.backend}",
-            f"--seed {self.seed}",
-            f"--faults {self.faults.value}",
-            f"--steps {self.steps}",
-            f"--nodes {self.nodes}",
-        ]
+        defaults = MultiSimConfig()
+        options = []
         if self.clients is not None:
-            parts.append(f"--clients {self.clients}")
-        if self.keys != MultiSimConfig().keys:
-            parts.append(f"--keys {self.keys}")
-        if self.liveness_timeouts != MultiSimConfig().liveness_timeouts:
-            parts.append(f"--liveness-timeouts {self.liveness_timeouts}")
-        if self.pre_vote is not None:
-            parts.append("--pre-vote" if self.pre_vote else "--no-pre-vote")
-        if self.check_quorum is not None:
-            parts.append("--check-quorum" if self.check_quorum else "--no-check-quorum")
+            options.append(f"--clients {self.clients}")
+        if self.keys != defaults.keys:
+            options.append(f"--keys {self.keys}")
+        if self.liveness_timeouts != defaults.liveness_timeouts:
+            options.append(f"--liveness-timeouts {self.liveness_timeouts}")
         extra = []
-        if self.quiesce_timeouts != MultiSimConfig().quiesce_timeouts:
+        if self.quiesce_timeouts != defaults.quiesce_timeouts:
             extra.append(f"quiesce_timeouts={self.quiesce_timeouts}")
-        if self.quiet_window_ticks != MultiSimConfig().quiet_window_ticks:
+        if self.quiet_window_ticks != defaults.quiet_window_ticks:
             extra.append(f"quiet_window_ticks={self.quiet_window_ticks}")
         if self.host_factory is not None:
-            factory = self.host_factory
-            name = getattr(factory, "__qualname__", type(factory).__qualname__)
-            extra.append(f"host_factory={getattr(factory, '__module__', '?')}.{name}")
-        if extra:
-            parts.append(f"# with MultiSimConfig({', '.join(extra)})")
-        return " ".join(parts)
+            extra.append(f"host_factory={qualified_name(self.host_factory)}")
+        return replay_command(
+            self,
+            config_name="MultiSimConfig",
+            lead=[f"--groups {self.groups}", f"--backend {self.backend}"],
+            options=options,
+            extra=extra,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -236,63 +213,24 @@ class _GroupView:
         self._sim.call_later(delay_us, fn, arg)
 
 
-class MultiSimulation:
+class MultiSimulation(EventLoop[MultiSimConfig, HostNode, MultiSimResult]):
     def __init__(self, config: MultiSimConfig) -> None:
         config.validate()
-        self.config = config
-        root = random.Random(config.seed)
-        net_rng = random.Random(root.getrandbits(64))
-        fault_rng = random.Random(root.getrandbits(64))
-        workload_rng = random.Random(root.getrandbits(64))
-        self._rng = random.Random(root.getrandbits(64))
-        node_seeds = [root.getrandbits(64) for _ in range(config.nodes)]
-        options_rng = random.Random(root.getrandbits(64))
-        profile_rng = random.Random(root.getrandbits(64))
-        drawn_pre_vote = options_rng.random() < 0.75
-        drawn_check_quorum = options_rng.random() < 0.75
-        self.pre_vote = drawn_pre_vote if config.pre_vote is None else config.pre_vote
-        self.check_quorum = (
-            drawn_check_quorum if config.check_quorum is None else config.check_quorum
-        )
-        faults = config.faults
-        self.election_timeout_ticks = _ELECTION_TIMEOUT_TICKS
-        self._calm_max_delay_us = _MAX_DELAY_US
-        max_msg_bytes = _MAX_MSG_BYTES
-        if faults.elections:
-            self.election_timeout_ticks = profile_rng.choice(_ELECTIONS_TIMEOUT_TICKS)
-            self._calm_max_delay_us = profile_rng.choice(_ELECTIONS_MAX_DELAY_US)
-            max_msg_bytes = profile_rng.choice(_ELECTIONS_MAX_MSG_BYTES)
-
+        super().__init__(config, nodes=config.nodes)
         self._ids = tuple(NodeId(i) for i in range(1, config.nodes + 1))
         self._group_ids = tuple(GroupId(g) for g in range(1, config.groups + 1))
         sim_backend = SimBackend(config.backend)
         self.backends = {gid: sim_backend.for_group(gid) for gid in self._group_ids}
-        self._heap: list[tuple[int, int, int, Any, Any]] = []
-        self._seq = 0
-        self._now = 0
-        self._steps = 0
-        self._ticks = 0
-        self._in_fault_phase = False
-        self._violations: list[Violation] = []
-        self._digest = hashlib.blake2b(digest_size=16)
-        self._lost_writes = 0
-        self._checked_readies: dict[NodeId, int] = {}
         self._leaderships: set[tuple[GroupId, Term]] = set()
         self._messages: dict[str, int] = {}
         self._quiet_watch: dict[str, int] | None = None
-        self._isolations = 0
+        self._quiesce: dict[str, int | None] = {}
 
         self.checkers = {
             gid: SafetyChecker(TRAITS[self.backends[gid].value]) for gid in self._group_ids
         }
-        self.network = SimNetwork(
-            self._ids,
-            net_rng,
-            min_delay_us=_MIN_DELAY_US,
-            max_delay_us=self._calm_max_delay_us,
-            max_in_flight=10_000 * config.groups,
-        )
-        self.injector = FaultInjector(faults, fault_rng)
+        self.network = self._make_network(max_in_flight=10_000 * config.groups)
+        workload_rng = self._workload_rng
         total_clients = 3 * config.groups if config.clients is None else config.clients
         self.workloads: dict[GroupId, Workload] = {}
         for index, gid in enumerate(self._group_ids):
@@ -316,16 +254,15 @@ class MultiSimulation:
             election_timeout_ticks=self.election_timeout_ticks,
             pre_vote=self.pre_vote,
             check_quorum=self.check_quorum,
-            max_msg_bytes=max_msg_bytes,
+            max_msg_bytes=self.max_msg_bytes,
             max_inflight_msgs=8,
             max_snapshot_chunk_bytes=256,
         )
         bootstrap = ConfState(voters=self._ids)
         factory = config.host_factory if config.host_factory is not None else default_host_factory
-        self.nodes: dict[NodeId, HostNode] = {}
-        self._tick_interval: dict[NodeId, int] = {}
+        self.nodes = {}
         drift = base_core.lease_clock_drift_ratio
-        for node_id, node_seed in zip(self._ids, node_seeds, strict=True):
+        for node_id, node_seed in zip(self._ids, self._node_seeds, strict=True):
             specs = [
                 GroupSpec(
                     group_id=gid,
@@ -344,22 +281,9 @@ class MultiSimulation:
                 rng=random.Random(node_seed),
                 host_factory=factory,
             )
-            interval = config.tick_us
-            if faults.skew:
-                bound = drift / 2 * 0.9
-                interval = round(config.tick_us * (1 + self._rng.uniform(-bound, bound)))
-                self.injector.record(FaultKind.SKEW)
-            self._tick_interval[node_id] = interval
+            self._draw_tick_interval(node_id, drift)
 
     # ------------------------------------------------------------------ for the clients
-
-    @property
-    def now_us(self) -> int:
-        return self._now
-
-    @property
-    def node_ids(self) -> tuple[NodeId, ...]:
-        return self._ids
 
     def propose(self, node: NodeId, gid: GroupId, data: bytes, handle: Any) -> Proposed:
         host_node = self.nodes[node]
@@ -374,86 +298,26 @@ class MultiSimulation:
         host_node.read(gid, request_id, key, mode, handle)
         self._after(host_node, host_node.drain(self._send))
 
-    def call_later(self, delay_us: int, fn: Callable[[Any], None], arg: Any) -> None:
-        self._push(self._now + delay_us, _CALL, fn, arg)
-
-    # ------------------------------------------------------------------ event loop
-
-    def _push(self, time_us: int, kind: int, a: Any, b: Any = None) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (time_us, self._seq, kind, a, b))
+    # ------------------------------------------------------------------ event loop hooks
 
     def _send(self, message: Message) -> None:
         kind = type(message.body).__name__
         self._messages[kind] = self._messages.get(kind, 0) + 1
         if self._quiet_watch is not None:
             self._quiet_watch[kind] = self._quiet_watch.get(kind, 0) + 1
-        for due in self.network.send(message, self._now):
-            self._push(due, _DELIVER, message)
+        super()._send(message)
 
-    def _schedule_tick(self, node: HostNode, *, first: bool) -> None:
-        interval = self._tick_interval[node.id]
-        delay = self._rng.randint(1, interval) if first else interval
-        self._push(self._now + delay, _TICK, node.id, node.incarnation)
+    def _delivery_line(self, time_us: int, message: Message) -> bytes:
+        return b"%d d %d %d %d %s\n" % (
+            time_us,
+            message.src,
+            message.dst,
+            message.group_id,
+            type(message.body).__name__.encode(),
+        )
 
-    def _step_once(self) -> None:
-        time_us, _, kind, a, b = heapq.heappop(self._heap)
-        self._now = time_us
-        self._steps += 1
-        digest = self._digest
-        if kind == _TICK:
-            node = self.nodes[a]
-            digest.update(b"%d t %d\n" % (time_us, a))
-            if node.incarnation != b or not node.alive:
-                return
-            self._schedule_tick(node, first=False)
-            self._ticks += 1
-            self._after(node, node.tick(self._send))
-        elif kind == _DELIVER:
-            message: Message = a
-            digest.update(
-                b"%d d %d %d %d %s\n"
-                % (
-                    time_us,
-                    message.src,
-                    message.dst,
-                    message.group_id,
-                    type(message.body).__name__.encode(),
-                )
-            )
-            if not self.network.arrive(message):
-                return
-            target = self.nodes.get(message.dst)
-            if target is None or not target.alive:
-                return
-            self._after(target, target.step(message, self._send))
-        elif kind == _CALL:
-            digest.update(b"%d c %s\n" % (time_us, a.__name__.encode()))
-            a(b)
-        elif kind == _FAULT:
-            if self._in_fault_phase:
-                self._inject_fault()
-                self._push(
-                    self._now + self.injector.next_interval_ticks() * self.config.tick_us,
-                    _FAULT,
-                    None,
-                )
-        elif kind == _RESTART:
-            digest.update(b"%d r %d\n" % (time_us, a))
-            node = self.nodes[a]
-            if not node.alive:
-                self._restart(node)
-        elif kind == _RECONNECT:
-            digest.update(b"%d n %d\n" % (time_us, a))
-            if self._in_fault_phase and self._isolations == b:
-                self.network.reconnect(a)
-                self.injector.record(FaultKind.RECONNECT)
-
-    def _after(self, node: HostNode, crash_now: bool) -> None:
-        """Per-group checks after ``node`` processed its HostReadys (or crash it now)."""
-        if crash_now:
-            self._crash(node, bounce=node.crash_on is not CrashTrigger.ANY)
-            return
+    def _observe(self, node: HostNode) -> None:
+        """Per-group checks of the groups whose Readys ``node`` processed."""
         host = node.host
         if host is None or not node.touched:
             return
@@ -467,77 +331,12 @@ class MultiSimulation:
 
     # ------------------------------------------------------------------ faults
 
-    def _inject_fault(self) -> None:
-        kind = self.injector.choose()
-        rng = self._rng
-        ids = list(self._ids)
-        net = self.network
-        self._digest.update(b"%d f %s\n" % (self._now, kind.value.encode()))
-        match kind:
-            case FaultKind.PARTITION:
-                if len(ids) < 2:
-                    return
-                if rng.random() < 0.5 and self._isolate_quiesced_leader():
-                    return
-                rng.shuffle(ids)
-                cut = rng.randint(1, len(ids) - 1)
-                net.heal()
-                net.partition([ids[:cut], ids[cut:]])
-            case FaultKind.ONE_WAY:
-                if len(ids) < 2:
-                    return
-                src, dst = rng.sample(ids, 2)
-                net.cut_one_way(src, dst)
-            case FaultKind.BRIDGE:
-                if len(ids) < 3:
-                    return
-                node, peer = rng.sample(ids, 2)
-                net.heal()
-                net.bridge(node, peer)
-            case FaultKind.ISOLATE:
-                if rng.random() < 0.7 and self._isolate_quiesced_leader():
-                    return
-                net.isolate(rng.choice(ids))
-            case FaultKind.HEAL:
-                net.heal()
-            case FaultKind.LOSSY:
-                net.set_conditions(loss_rate=rng.uniform(0.01, 0.3), dup_rate=rng.uniform(0, 0.2))
-            case FaultKind.SLOW:
-                net.set_conditions(max_delay_us=self.config.tick_us * rng.randint(1, 5))
-            case FaultKind.CALM:
-                self._calm_network()
-            case (
-                FaultKind.CRASH
-                | FaultKind.CRASH_MID_READY
-                | FaultKind.CRASH_ON_VOTE
-                | FaultKind.CRASH_ON_ACK
-            ):
-                live = [n for n in ids if self.nodes[n].alive]
-                down = len(ids) - len(live)
-                # Up to a bare majority down at once (as the single-group simulation).
-                if not live or down >= len(ids) // 2 + 1:
-                    return
-                victim = self.nodes[rng.choice(live)]
-                if kind is FaultKind.CRASH:
-                    self._crash(victim)
-                elif kind is FaultKind.CRASH_MID_READY:
-                    victim.crash_at = rng.choice((CrashPoint.AFTER_PERSIST, CrashPoint.AFTER_SEND))
-                    victim.crash_on = CrashTrigger.VOTE if rng.random() < 0.5 else CrashTrigger.ANY
-                else:
-                    victim.crash_at = rng.choice(
-                        (
-                            CrashPoint.BEFORE_SYNC,
-                            CrashPoint.AFTER_PERSIST,
-                            CrashPoint.AFTER_SEND,
-                            CrashPoint.AFTER_SEND,
-                        )
-                    )
-                    victim.crash_on = (
-                        CrashTrigger.VOTE if kind is FaultKind.CRASH_ON_VOTE else CrashTrigger.ACK
-                    )
-            case _:
-                return
-        self.injector.record(kind)
+    def _fault_instead(self, kind: FaultKind) -> bool:
+        rate = 0.5 if kind is FaultKind.PARTITION else 0.7
+        return self._rng.random() < rate and self._isolate_quiesced_leader()
+
+    def _crash_budget_spent(self, live: int) -> bool:
+        return len(self._ids) - live >= len(self._ids) // 2 + 1
 
     def _isolate_quiesced_leader(self) -> bool:
         """Cut off the node that leads the most quiesced groups until its peers have
@@ -563,149 +362,26 @@ class MultiSimulation:
         dead_ticks = self.host_config_base.node_dead_ticks
         away_ticks = dead_ticks + self._rng.randint(2, 6) * self.election_timeout_ticks
         self._push(
-            self._now + away_ticks * self.config.tick_us, _RECONNECT, node_id, self._isolations
+            self._now + away_ticks * self.config.tick_us, RECONNECT, node_id, self._isolations
         )
         self.injector.record(FaultKind.QUIESCED_LEADER_ISOLATED)
         return True
 
-    def _calm_network(self, *, max_delay_us: int | None = None) -> None:
-        self.network.set_conditions(
-            min_delay_us=_MIN_DELAY_US,
-            max_delay_us=self._calm_max_delay_us if max_delay_us is None else max_delay_us,
-            loss_rate=0.0,
-            dup_rate=0.0,
-        )
-
-    def _crash(self, node: HostNode, *, bounce: bool = False) -> None:
-        unsynced = node.disk.unsynced_writes
-        keep = self._rng.randint(0, unsynced) if unsynced and self._rng.random() < 0.5 else 0
-        self._lost_writes += node.crash(keep_unsynced=keep)
-        self._digest.update(b"%d x %d %d\n" % (self._now, node.id, keep))
-        down_us = 1 if bounce else self.injector.down_us(self.config.tick_us)
-        self._push(self._now + down_us, _RESTART, node.id)
-
-    def _restart(self, node: HostNode) -> None:
-        node.start()
-        self.injector.record(FaultKind.RESTART)
-        self._schedule_tick(node, first=True)
-        self._after(node, node.drain(self._send))
-
     # ------------------------------------------------------------------ phases
 
-    def run(self) -> MultiSimResult:
-        liveness_us: int | None = None
-        quiesce: dict[str, int | None] = {}
-        inconclusive: tuple[str, ...] = ()
-        try:
-            self._fault_phase()
-            liveness_us = self._liveness_phase()
-            converged = liveness_us is not None and self._convergence_phase()
-            inconclusive = self._end_checks(converged=converged)
-            if converged:
-                quiesce = self._quiet_phase()
-        except InvariantViolation as violation:
-            self._violate(violation.kind, violation.message)
-        except Exception as exc:  # a core or the host crashed: a finding, with a replay
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            kind = "core_invariant" if type(exc).__name__ == "InvariantViolation" else "exception"
-            self._violate(
-                kind,
-                f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno} in {where.name})",
-            )
-        group_ticks = 0
-        host_ticks = 0
-        for node in self.nodes.values():
-            if node.host is not None:
-                stats = node.host.statistics()
-                group_ticks += stats.group_ticks
-                host_ticks += stats.ticks
-        quiesce.setdefault("quiesce_us", None)
-        quiesce["group_ticks"] = group_ticks
-        quiesce["host_ticks_x_groups"] = host_ticks * self.config.groups
-        quiesce["quiesce_messages"] = self._messages.get("Quiesce", 0)
-        quiesce["unquiesce_messages"] = self._messages.get("Unquiesce", 0)
-        return MultiSimResult(
-            config=self.config,
-            pre_vote=self.pre_vote,
-            check_quorum=self.check_quorum,
-            election_timeout_ticks=self.election_timeout_ticks,
-            steps=self._steps,
-            ticks=self._ticks,
-            virtual_time_us=self._now,
-            faults=dict(sorted(self.injector.counts.items())),
-            ops=self._op_counts(),
-            reads=self._read_counts(),
-            network={
-                "sent": self.network.stats.sent,
-                "delivered": self.network.stats.delivered,
-                "duplicated": self.network.stats.duplicated,
-                "dropped_loss": self.network.stats.dropped_loss,
-                "dropped_partition": self.network.stats.dropped_partition,
-                "dropped_overflow": self.network.stats.dropped_overflow,
-            },
-            messages=dict(sorted(self._messages.items())),
-            disk={
-                "writes": sum(n.disk.stats.writes for n in self.nodes.values()),
-                "syncs": sum(n.disk.stats.syncs for n in self.nodes.values()),
-            },
-            lost_unsynced_writes=self._lost_writes,
-            leaders_elected=len(self._leaderships),
-            snapshots={
-                "taken": sum(n.snapshots_taken for n in self.nodes.values()),
-                "installed": sum(n.snapshots_installed for n in self.nodes.values()),
-            },
-            liveness_us=liveness_us,
-            quiesce=quiesce,
-            linearizability_inconclusive=inconclusive,
-            violations=tuple(self._violations),
-            digest=self._digest.hexdigest(),
-        )
-
-    def _violate(self, kind: str, message: str) -> None:
-        self._violations.append(
-            Violation(
-                kind=kind,
-                message=message,
-                seed=self.config.seed,
-                step=self._steps,
-                time_us=self._now,
-                replay=self.config.replay_command(),
-            )
-        )
-
-    def _fault_phase(self) -> None:
-        for node in self.nodes.values():
-            self._schedule_tick(node, first=True)
+    def _start_clients(self) -> None:
         for gid in self._group_ids:
             self.workloads[gid].start()
-        self._in_fault_phase = True
-        if self.injector.active:
-            self._push(
-                self._now + self.injector.next_interval_ticks() * self.config.tick_us, _FAULT, None
-            )
-        while self._steps < self.config.steps and self._heap:
-            self._step_once()
-        self._in_fault_phase = False
-
-    def _budget_us(self, timeouts: int) -> int:
-        return timeouts * self.election_timeout_ticks * self.config.tick_us
 
     def _liveness_phase(self) -> int | None:
-        self.network.heal()
-        self._calm_network(max_delay_us=_MAX_DELAY_US)
-        for node in self.nodes.values():
-            node.crash_at = None
-            node.crash_on = CrashTrigger.ANY
-            if not node.alive:
-                self._restart(node)
+        self._heal_everything()
         for gid in self._group_ids:
             self.workloads[gid].stop()
         start = self._now
         deadline = start + self._budget_us(self.config.liveness_timeouts)
         for gid in self._group_ids:
             self.workloads[gid].start_probe()
-        while self._heap and self._heap[0][0] <= deadline and not self._probes_done():
-            self._step_once()
+        self._step_until(self._probes_done, deadline)
         stuck = [gid for gid in self._group_ids if self.workloads[gid].probe_succeeded_us is None]
         if stuck:
             self._violate(
@@ -739,18 +415,20 @@ class MultiSimulation:
     def _convergence_phase(self) -> bool:
         deadline = self._now + self._budget_us(self.config.liveness_timeouts)
         pending = list(self._group_ids)
-        while pending:
+
+        def all_converged() -> bool:
+            # A group that converged once is not checked again.
+            nonlocal pending
             pending = [gid for gid in pending if not self._converged(gid)]
-            if not pending:
-                break
-            if not self._heap or self._heap[0][0] > deadline:
-                self._violate(
-                    "convergence",
-                    f"groups {pending} did not converge within {self.config.liveness_timeouts} "
-                    "election timeouts after their probe writes committed",
-                )
-                return False
-            self._step_once()
+            return not pending
+
+        if not self._step_until(all_converged, deadline):
+            self._violate(
+                "convergence",
+                f"groups {pending} did not converge within {self.config.liveness_timeouts} "
+                "election timeouts after their probe writes committed",
+            )
+            return False
         return True
 
     def _all_quiesced(self) -> bool:
@@ -763,30 +441,31 @@ class MultiSimulation:
                     return False
         return True
 
+    def _final_phase(self, *, converged: bool) -> None:
+        if converged:
+            self._quiesce = self._quiet_phase()
+
     def _quiet_phase(self) -> dict[str, int | None]:
         """Every group quiesces within the bound, then only NodeHeartbeats travel."""
         start = self._now
         deadline = start + self._budget_us(self.config.quiesce_timeouts)
-        while not self._all_quiesced():
-            if not self._heap or self._heap[0][0] > deadline:
-                awake = {
-                    int(node.id): [int(g) for g in self._group_ids if not self._quiesced(node, g)]
-                    for node in self.nodes.values()
-                }
-                self._violate(
-                    "quiesce",
-                    f"groups still awake {self.config.quiesce_timeouts} election timeouts "
-                    f"after convergence (node: groups): {awake}",
-                )
-                return {"quiesce_us": None}
-            self._step_once()
+        if not self._step_until(self._all_quiesced, deadline):
+            awake = {
+                int(node.id): [int(g) for g in self._group_ids if not self._quiesced(node, g)]
+                for node in self.nodes.values()
+            }
+            self._violate(
+                "quiesce",
+                f"groups still awake {self.config.quiesce_timeouts} election timeouts "
+                f"after convergence (node: groups): {awake}",
+            )
+            return {"quiesce_us": None}
         quiesce_us = self._now - start
         ticks_before = self._group_ticks()
         watch: dict[str, int] = {}
         self._quiet_watch = watch
         window_end = self._now + self.config.quiet_window_ticks * self.config.tick_us
-        while self._heap and self._heap[0][0] <= window_end:
-            self._step_once()
+        self._step_until(lambda: False, window_end)
         self._quiet_watch = None
         group_ticks = self._group_ticks() - ticks_before
         heartbeat = NodeHeartbeat.__name__
@@ -804,6 +483,50 @@ class MultiSimulation:
             "quiet_window_group_ticks": group_ticks,
         }
 
+    def _result(self) -> MultiSimResult:
+        group_ticks = 0
+        host_ticks = 0
+        for node in self.nodes.values():
+            if node.host is not None:
+                stats = node.host.statistics()
+                group_ticks += stats.group_ticks
+                host_ticks += stats.ticks
+        quiesce = self._quiesce
+        quiesce.setdefault("quiesce_us", None)
+        quiesce["group_ticks"] = group_ticks
+        quiesce["host_ticks_x_groups"] = host_ticks * self.config.groups
+        quiesce["quiesce_messages"] = self._messages.get("Quiesce", 0)
+        quiesce["unquiesce_messages"] = self._messages.get("Unquiesce", 0)
+        return MultiSimResult(
+            config=self.config,
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
+            election_timeout_ticks=self.election_timeout_ticks,
+            steps=self._steps,
+            ticks=self._ticks,
+            virtual_time_us=self._now,
+            faults=self._fault_counts(),
+            ops=self._op_counts(),
+            reads=self._read_counts(w.history for w in self.workloads.values()),
+            network=self._network_counts(),
+            messages=dict(sorted(self._messages.items())),
+            disk={
+                "writes": sum(n.disk.stats.writes for n in self.nodes.values()),
+                "syncs": sum(n.disk.stats.syncs for n in self.nodes.values()),
+            },
+            lost_unsynced_writes=self._lost_writes,
+            leaders_elected=len(self._leaderships),
+            snapshots={
+                "taken": sum(n.snapshots_taken for n in self.nodes.values()),
+                "installed": sum(n.snapshots_installed for n in self.nodes.values()),
+            },
+            liveness_us=self._liveness_us,
+            quiesce=quiesce,
+            linearizability_inconclusive=self._inconclusive,
+            violations=tuple(self._violations),
+            digest=self._digest.hexdigest(),
+        )
+
     def _quiesced(self, node: HostNode, gid: GroupId) -> bool:
         return node.host is not None and node.host.is_quiesced(gid)
 
@@ -814,42 +537,16 @@ class MultiSimulation:
         inconclusive: list[str] = []
         nodes = [n for n in self.nodes.values() if n.alive]
         for gid in self._group_ids:
-            for node in nodes:
-                kv = node.replicas[gid].kv
-                if kv.duplicates:
-                    client, seq = kv.duplicates[0]
-                    self._violate(
-                        "duplicate_apply",
-                        f"group {gid}: node {node.id} applied client {client} seq {seq} twice",
-                    )
-            history = self.workloads[gid].history
-            for op in history:
-                if op.path is not ReadPath.LOG:
-                    continue
-                if op.outcome is Outcome.OK and converged:
-                    missing = [
-                        n.id for n in nodes if not n.replicas[gid].kv.has_applied(op.client, op.seq)
-                    ]
-                    if missing:
-                        self._violate(
-                            "lost_write",
-                            f"group {gid}: acknowledged {op.to_operation().describe()} is "
-                            f"missing on nodes {missing}",
-                        )
-                elif op.outcome is Outcome.FAIL:
-                    holders = [
-                        n.id for n in nodes if n.replicas[gid].kv.has_applied(op.client, op.seq)
-                    ]
-                    if holders:
-                        self._violate(
-                            "failed_write_applied",
-                            f"group {gid}: {op.to_operation().describe()} was reported failed "
-                            f"but nodes {holders} applied it",
-                        )
-            result = check_history(op.to_operation() for op in history)
-            for failure in result.failures:
-                self._violate("linearizability", f"group {gid}: {failure.counterexample}")
-            inconclusive.extend(result.inconclusive)
+            replicas = [(n.id, n.replicas[gid].kv) for n in nodes]
+            inconclusive.extend(
+                self._check_replicas(
+                    self.workloads[gid].history,
+                    alive=replicas,
+                    members=replicas,
+                    converged=converged,
+                    prefix=f"group {gid}: ",
+                )
+            )
         return tuple(inconclusive)
 
     def _op_counts(self) -> dict[str, int]:
@@ -857,14 +554,6 @@ class MultiSimulation:
         for workload in self.workloads.values():
             for key, value in workload.counts().items():
                 counts[key] += value
-        return counts
-
-    def _read_counts(self) -> dict[str, int]:
-        counts = {path.value: 0 for path in ReadPath}
-        for workload in self.workloads.values():
-            for op in workload.history:
-                if op.op is Op.GET and op.outcome is Outcome.OK:
-                    counts[op.path.value] += 1
         return counts
 
 

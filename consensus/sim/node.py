@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from consensus.api import (
     ConsensusCore,
@@ -35,7 +35,7 @@ from consensus.sim.checkers import InvariantViolation, SafetyChecker, require
 from consensus.sim.disk import SimDisk
 from consensus.sim.kv import ApplyResult, KVStore
 from consensus.sim.linearizability import Outcome
-from consensus.types import ConfState, Entry, EntryKind, Index, Message, NodeId
+from consensus.types import ConfState, Entry, EntryKind, Index, Message, NodeId, Term
 
 
 class CrashPoint(enum.Enum):
@@ -58,6 +58,8 @@ class CrashTrigger(enum.Enum):
     """A Ready that writes entries and sends messages: a follower acknowledging an append,
     where an acknowledgement of something not durable lets a commit be lost (Figure 2)."""
 
+
+_K = TypeVar("_K", bound=int)
 
 CompleteFn = Callable[[Any, Outcome, ApplyResult | None], None]
 """``on_complete(handle, outcome, result)``; ``result`` only with ``Outcome.OK``."""
@@ -98,65 +100,46 @@ class CompactionPolicy:
     max_entries: int = 60
 
 
-class SimNode:
+class Replica:
+    """A node's volatile state for one group: its KV replica, what it applied, and the
+    client requests it waits on. ``SimNode`` has one, ``HostNode`` one per group; both feed
+    it their Readys so the two modes apply, answer and compact in exactly the same way."""
+
     def __init__(
         self,
         node_id: NodeId,
         *,
-        factory: CoreFactory,
-        config: CoreConfig,
-        initial_conf: ConfState,
+        who: str,
         rng: random.Random,
         checker: SafetyChecker,
         on_complete: CompleteFn,
-        logger: Logger | None = None,
-        compaction: CompactionPolicy = CompactionPolicy(),
+        compaction: CompactionPolicy,
+        index_order: bool,
     ) -> None:
-        self.id = node_id
-        self.disk = SimDisk()
         self.kv = KVStore()
-        self.core: ConsensusCore | None = None
         self.applied = Index(0)
-        self.incarnation = 0
-        self.crash_at: CrashPoint | None = None
-        """Armed by the fault injector: crash at this point of the next matching Ready."""
-        self.crash_on = CrashTrigger.ANY
-        """Which Ready ``crash_at`` waits for."""
-        self.readies = 0
-        """Readys processed so far: a step that processed none changed nothing observable."""
         self.snapshots_taken = 0
         self.snapshots_installed = 0
-        self._factory = factory
-        self._config = config
-        self._initial_conf = initial_conf
+        self._node_id = node_id
+        self._who = who
+        """``node <id>`` or ``node <id> group <gid>``, for the messages of violations."""
         self._rng = rng
         self._checker = checker
         self._on_complete = on_complete
-        self._logger: Logger = logger if logger is not None else NullLogger()
         self._compaction = compaction
+        self._index_order = index_order
+        """Complete requests in index / request id order (``HostNode``) rather than in the
+        order they arrived (``SimNode``): the two differ only in rare runs, and each mode
+        keeps its own so that every existing seed replays bit-for-bit."""
         self._waiters: dict[Index, list[_Waiter]] = {}
         self._reads: dict[int, _Read] = {}
         self._compact_at = Index(0)
-        self.start()
 
-    @property
-    def alive(self) -> bool:
-        return self.core is not None
+    def _ordered(self, keys: Iterable[_K]) -> list[_K]:
+        return sorted(keys) if self._index_order else list(keys)
 
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> None:
-        """(Re)build the core from what the disk holds durably."""
-        persisted = self.disk.load()
-        fresh = persisted == PersistedState()
-        self.core = self._factory(
-            self._config,
-            rng=random.Random(self._rng.getrandbits(64)),
-            persisted=None if fresh else persisted,
-            initial_conf=self._initial_conf,
-            logger=self._logger,
-        )
-        self.incarnation += 1
+    def restart(self, persisted: PersistedState) -> None:
+        """Rebuild from ``persisted`` after the core or host was (re)built from it."""
         self.kv = KVStore()
         self.applied = Index(0)
         if persisted.snapshot is not None:
@@ -164,50 +147,26 @@ class SimNode:
             # from the durable snapshot and the committed entries the core hands out again.
             self.kv.restore(persisted.snapshot.data)
             self.applied = persisted.snapshot.meta.index
-        self._checker.observe_restart(self.id, self.applied)
+        self._checker.observe_restart(self._node_id, self.applied)
         self._schedule_compaction()
 
-    def crash(self, *, keep_unsynced: int = 0) -> int:
-        """Drop the core and the volatile state; return the unsynced writes lost."""
-        self.core = None
-        self.crash_at = None
-        self.crash_on = CrashTrigger.ANY
-        lost = self.disk.crash(keep=keep_unsynced)
-        for index in list(self._waiters):
+    def crash(self) -> None:
+        """Every request in flight ends "unknown": the client cannot tell what happened."""
+        for index in self._ordered(self._waiters):
             for waiter in self._waiters.pop(index):
                 self._on_complete(waiter.handle, Outcome.UNKNOWN, None)
-        for read in list(self._reads.values()):
-            self._on_complete(read.handle, Outcome.UNKNOWN, None)
+        for request_id in self._ordered(self._reads):
+            self._on_complete(self._reads[request_id].handle, Outcome.UNKNOWN, None)
         self._reads.clear()
-        return lost
 
-    def live_core(self) -> ConsensusCore:
-        core = self.core
-        if core is None:
-            raise InvariantViolation("simulator", f"node {self.id} is down")
-        return core
+    # ------------------------------------------------------------------ requests
 
-    # ------------------------------------------------------------------ inputs
-
-    def tick(self, send: Callable[[Message], None]) -> bool:
-        self.live_core().tick()
-        return self.drain(send)
-
-    def step(self, message: Message, send: Callable[[Message], None]) -> bool:
-        self.live_core().step(message)
-        return self.drain(send)
-
-    def propose(self, data: bytes, handle: Any, send: Callable[[Message], None]) -> Proposed:
-        """Raises ``NotLeader`` / ``ProposalDropped`` from the core unchanged."""
-        proposed = self.live_core().propose(data)
+    def wait(self, proposed: Proposed, data: bytes, handle: Any) -> None:
         self._waiters.setdefault(proposed.index, []).append(
             _Waiter(handle=handle, term=proposed.term, data=data)
         )
-        return proposed
 
-    def read(self, request_id: int, key: str, mode: ReadMode, handle: Any) -> None:
-        """Raises ``NotLeader`` / ``ProposalDropped`` from the core unchanged."""
-        self.live_core().read_index(request_id, mode=mode)
+    def wait_read(self, request_id: int, key: str, handle: Any) -> None:
         self._reads[request_id] = _Read(handle=handle, key=key)
 
     def cancel(self, handle: Any) -> None:
@@ -217,66 +176,22 @@ class SimNode:
 
     # ------------------------------------------------------------------ Ready
 
-    def drain(self, send: Callable[[Message], None]) -> bool:
-        """Process every pending Ready; True if an armed crash point was hit (crash now)."""
-        core = self.core
-        while core is not None and core.has_ready():
-            ready = core.ready()
-            self.readies += 1
-            crash_at = self._armed_for(ready) if self.crash_at is not None else None
-            write = self.disk.write(ready)
-            if write is not None:
-                self._checker.observe_persist(self.id, write, self.disk)
-            if crash_at is CrashPoint.BEFORE_SYNC:
-                return True
-            if ready.must_sync:
-                self.disk.sync()
-            if crash_at is CrashPoint.AFTER_PERSIST:
-                return True
-            for message in ready.messages:
-                send(message)
-            if crash_at is CrashPoint.AFTER_SEND:
-                return True
-            self._apply(ready)
-            core.advance(ready)
-            self._serve_reads()
-            if self.applied >= self._compact_at:
-                data = self.kv.snapshot()
-                core.compact(self.applied, data)
-                self.snapshots_taken += 1
-                self._checker.observe_snapshot_taken(self.id, self.applied, data)
-                self._schedule_compaction()
-        return False
-
-    def _armed_for(self, ready: Ready) -> CrashPoint | None:
-        """The armed crash point if ``ready`` is the kind of Ready it waits for."""
-        match self.crash_on:
-            case CrashTrigger.ANY:
-                return self.crash_at
-            case CrashTrigger.VOTE:
-                after = ready.hard_state
-                before = self.disk.hard_state
-                if after is None or (after.term, after.vote) == (before.term, before.vote):
-                    return None
-                return self.crash_at
-            case CrashTrigger.ACK:
-                return self.crash_at if ready.entries and ready.messages else None
-
-    def _apply(self, ready: Ready) -> None:
+    def apply(self, ready: Ready, term: Term) -> None:
+        """Install the snapshot and apply the committed entries of ``ready``; ``term`` is
+        the node's durable term (for the checker)."""
         snap = ready.apply_snapshot
         if snap is not None:
             self.kv.restore(snap.data)
             self.snapshots_installed += 1
-            self._checker.observe_snapshot_applied(self.id, snap.meta.index, snap.data)
+            self._checker.observe_snapshot_applied(self._node_id, snap.meta.index, snap.data)
             self.applied = snap.meta.index
-            for index in [i for i in self._waiters if i <= snap.meta.index]:
+            for index in self._ordered(i for i in self._waiters if i <= snap.meta.index):
                 # The snapshot hides which entry landed at the index.
                 for waiter in self._waiters.pop(index):
                     self._on_complete(waiter.handle, Outcome.UNKNOWN, None)
             self._schedule_compaction()
-        term = self.disk.hard_state.term
         for entry in ready.committed_entries:
-            self._checker.observe_apply(self.id, entry, term)
+            self._checker.observe_apply(self._node_id, entry, term)
             result = self.kv.apply(entry.data) if entry.kind is EntryKind.NORMAL else None
             self.applied = entry.index
             waiters = self._waiters.pop(entry.index, None)
@@ -287,13 +202,23 @@ class SimNode:
             if read is not None:
                 read.index = state.index
 
+    def settle(self, compact: Callable[[Index, bytes], None]) -> None:
+        """After ``advance``: answer the reads now applied, and compact when due."""
+        self._serve_reads()
+        if self.applied >= self._compact_at:
+            data = self.kv.snapshot()
+            compact(self.applied, data)
+            self.snapshots_taken += 1
+            self._checker.observe_snapshot_taken(self._node_id, self.applied, data)
+            self._schedule_compaction()
+
     def _resolve(self, entry: Entry, waiters: list[_Waiter], result: ApplyResult | None) -> None:
         for waiter in waiters:
             if entry.term == waiter.term:
                 require(
                     entry.kind is EntryKind.NORMAL and entry.data == waiter.data,
                     "proposal_identity",
-                    f"node {self.id}: index {entry.index} term {entry.term} was promised to "
+                    f"{self._who}: index {entry.index} term {entry.term} was promised to "
                     f"command {waiter.data!r} but holds {entry.kind.name} {entry.data!r}",
                 )
                 self._on_complete(waiter.handle, Outcome.OK, result)
@@ -318,3 +243,182 @@ class SimNode:
         self._compact_at = Index(
             self.applied + self._rng.randint(policy.min_entries, policy.max_entries)
         )
+
+
+def carry_out(
+    crash_at: CrashPoint | None,
+    *,
+    must_sync: bool,
+    sync: Callable[[], None],
+    messages: Iterable[Message],
+    send: Callable[[Message], None],
+) -> bool:
+    """The middle of a Ready, after its write: sync if ``must_sync``, then send. True if
+    the armed ``crash_at`` strikes first (a Ready is never half sent: the messages leave
+    only once the write is durable, ``consensus.api``)."""
+    if crash_at is CrashPoint.BEFORE_SYNC:
+        return True
+    if must_sync:
+        sync()
+    if crash_at is CrashPoint.AFTER_PERSIST:
+        return True
+    for message in messages:
+        send(message)
+    return crash_at is CrashPoint.AFTER_SEND
+
+
+class SimNode:
+    def __init__(
+        self,
+        node_id: NodeId,
+        *,
+        factory: CoreFactory,
+        config: CoreConfig,
+        initial_conf: ConfState,
+        rng: random.Random,
+        checker: SafetyChecker,
+        on_complete: CompleteFn,
+        logger: Logger | None = None,
+        compaction: CompactionPolicy = CompactionPolicy(),
+    ) -> None:
+        self.id = node_id
+        self.disk = SimDisk()
+        self.replica = Replica(
+            node_id,
+            who=f"node {node_id}",
+            rng=rng,
+            checker=checker,
+            on_complete=on_complete,
+            compaction=compaction,
+            index_order=False,
+        )
+        self.core: ConsensusCore | None = None
+        self.incarnation = 0
+        self.crash_at: CrashPoint | None = None
+        """Armed by the fault injector: crash at this point of the next matching Ready."""
+        self.crash_on = CrashTrigger.ANY
+        """Which Ready ``crash_at`` waits for."""
+        self.readies = 0
+        """Readys processed so far: a step that processed none changed nothing observable."""
+        self._factory = factory
+        self._config = config
+        self._initial_conf = initial_conf
+        self._rng = rng
+        self._checker = checker
+        self._logger: Logger = logger if logger is not None else NullLogger()
+        self.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.core is not None
+
+    @property
+    def kv(self) -> KVStore:
+        return self.replica.kv
+
+    @property
+    def applied(self) -> Index:
+        return self.replica.applied
+
+    @property
+    def snapshots_taken(self) -> int:
+        return self.replica.snapshots_taken
+
+    @property
+    def snapshots_installed(self) -> int:
+        return self.replica.snapshots_installed
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """(Re)build the core from what the disk holds durably."""
+        persisted = self.disk.load()
+        fresh = persisted == PersistedState()
+        self.core = self._factory(
+            self._config,
+            rng=random.Random(self._rng.getrandbits(64)),
+            persisted=None if fresh else persisted,
+            initial_conf=self._initial_conf,
+            logger=self._logger,
+        )
+        self.incarnation += 1
+        self.replica.restart(persisted)
+
+    def crash(self, *, keep_unsynced: int = 0) -> int:
+        """Drop the core and the volatile state; return the unsynced writes lost."""
+        self.core = None
+        self.crash_at = None
+        self.crash_on = CrashTrigger.ANY
+        lost = self.disk.crash(keep=keep_unsynced)
+        self.replica.crash()
+        return lost
+
+    def live_core(self) -> ConsensusCore:
+        core = self.core
+        if core is None:
+            raise InvariantViolation("simulator", f"node {self.id} is down")
+        return core
+
+    # ------------------------------------------------------------------ inputs
+
+    def tick(self, send: Callable[[Message], None]) -> bool:
+        self.live_core().tick()
+        return self.drain(send)
+
+    def step(self, message: Message, send: Callable[[Message], None]) -> bool:
+        self.live_core().step(message)
+        return self.drain(send)
+
+    def propose(self, data: bytes, handle: Any, send: Callable[[Message], None]) -> Proposed:
+        """Raises ``NotLeader`` / ``ProposalDropped`` from the core unchanged."""
+        proposed = self.live_core().propose(data)
+        self.replica.wait(proposed, data, handle)
+        return proposed
+
+    def read(self, request_id: int, key: str, mode: ReadMode, handle: Any) -> None:
+        """Raises ``NotLeader`` / ``ProposalDropped`` from the core unchanged."""
+        self.live_core().read_index(request_id, mode=mode)
+        self.replica.wait_read(request_id, key, handle)
+
+    def cancel(self, handle: Any) -> None:
+        """Forget a request its client gave up on (timeout)."""
+        self.replica.cancel(handle)
+
+    # ------------------------------------------------------------------ Ready
+
+    def drain(self, send: Callable[[Message], None]) -> bool:
+        """Process every pending Ready; True if an armed crash point was hit (crash now)."""
+        core = self.core
+        while core is not None and core.has_ready():
+            ready = core.ready()
+            self.readies += 1
+            crash_at = self._armed_for(ready) if self.crash_at is not None else None
+            write = self.disk.write(ready)
+            if write is not None:
+                self._checker.observe_persist(self.id, write, self.disk)
+            if carry_out(
+                crash_at,
+                must_sync=ready.must_sync,
+                sync=self.disk.sync,
+                messages=ready.messages,
+                send=send,
+            ):
+                return True
+            self.replica.apply(ready, self.disk.hard_state.term)
+            core.advance(ready)
+            self.replica.settle(core.compact)
+        return False
+
+    def _armed_for(self, ready: Ready) -> CrashPoint | None:
+        """The armed crash point if ``ready`` is the kind of Ready it waits for."""
+        match self.crash_on:
+            case CrashTrigger.ANY:
+                return self.crash_at
+            case CrashTrigger.VOTE:
+                after = ready.hard_state
+                before = self.disk.hard_state
+                if after is None or (after.term, after.vote) == (before.term, before.vote):
+                    return None
+                return self.crash_at
+            case CrashTrigger.ACK:
+                return self.crash_at if ready.entries and ready.messages else None

@@ -29,10 +29,7 @@ its voters, and convergence and the durability checks cover its members only.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import heapq
 import random
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,36 +45,22 @@ from consensus.api import (
     Status,
 )
 from consensus.backends import Backend, core_factory
-from consensus.sim.checkers import TRAITS, InvariantViolation, SafetyChecker
-from consensus.sim.faults import Churn, ChurnMoment, FaultInjector, FaultKind, FaultProfile
-from consensus.sim.kv import Op
-from consensus.sim.linearizability import Outcome, check_history
-from consensus.sim.network import SimNetwork
-from consensus.sim.node import CrashPoint, CrashTrigger, SimNode
+from consensus.sim.checkers import TRAITS, SafetyChecker
+from consensus.sim.eventloop import (
+    FIRST_MODE_EVENT,
+    RECONNECT,
+    EventLoop,
+    qualified_name,
+    replay_command,
+)
+from consensus.sim.eventloop import Violation as Violation  # re-exported: its old home
+from consensus.sim.faults import Churn, ChurnMoment, FaultKind, FaultProfile
+from consensus.sim.node import SimNode
 from consensus.sim.operator import Operator
-from consensus.sim.workload import ClientOp, ReadPath, Workload, WorkloadConfig
+from consensus.sim.workload import ClientOp, Workload, WorkloadConfig
 from consensus.types import ConfState, Index, Message, NodeId, Term
 
-_TICK = 0
-_DELIVER = 1
-_CALL = 2
-_FAULT = 3
-_RESTART = 4
-_CHURN = 5
-_RECONNECT = 6
-
-_DEFAULT_MIN_DELAY_US = 200
-_DEFAULT_MAX_DELAY_US = 3_000
-_DEFAULT_ELECTION_TIMEOUT_TICKS = 10
-_DEFAULT_MAX_MSG_BYTES = 2_048
-
-_ELECTIONS_TIMEOUT_TICKS = (3, 4, 5, 10)
-"""Election timeouts the elections profile draws from: a few ticks, against message delays
-of up to a tick or more, so that candidates collide and votes split (Raft §5.2)."""
-_ELECTIONS_MAX_DELAY_US = (3_000, 12_000, 30_000)
-_ELECTIONS_MAX_MSG_BYTES = (1, 128, 2_048)
-"""Small pages make a new leader re-replicate an old suffix in several messages, so a
-follower can hold an old-term entry without the new leader's no-op (Raft §5.4.2)."""
+_CHURN = FIRST_MODE_EVENT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,38 +104,28 @@ class SimConfig:
 
     def replay_command(self) -> str:
         """The one command that replays this run exactly."""
-        parts = [
-            "shardb sim",
-            f"--backend {self.backend}",
-            f"--seed {self.seed}",
-            f"--faults {self.faults.value}",
-            f"--steps {self.steps}",
-            f"--nodes {self.nodes}",
-        ]
         defaults = SimConfig()
+        options = []
         if self.clients != defaults.clients:
-            parts.append(f"--clients {self.clients}")
+            options.append(f"--clients {self.clients}")
         if self.keys != defaults.keys:
-            parts.append(f"--keys {self.keys}")
+            options.append(f"--keys {self.keys}")
         if self.liveness_timeouts != defaults.liveness_timeouts:
-            parts.append(f"--liveness-timeouts {self.liveness_timeouts}")
-        if self.pre_vote is not None:
-            parts.append("--pre-vote" if self.pre_vote else "--no-pre-vote")
-        if self.check_quorum is not None:
-            parts.append("--check-quorum" if self.check_quorum else "--no-check-quorum")
-        # Not (yet) options of the CLI: spelled as the SimConfig fields to set.
+            options.append(f"--liveness-timeouts {self.liveness_timeouts}")
         extra = []
         if self.election_timeout_ticks is not None:
             extra.append(f"election_timeout_ticks={self.election_timeout_ticks}")
         if self.spares is not None:
             extra.append(f"spares={self.spares}")
         if self.core_factory is not None:
-            factory = self.core_factory
-            name = getattr(factory, "__qualname__", type(factory).__qualname__)
-            extra.append(f"core_factory={getattr(factory, '__module__', '?')}.{name}")
-        if extra:
-            parts.append(f"# with SimConfig({', '.join(extra)})")
-        return " ".join(parts)
+            extra.append(f"core_factory={qualified_name(self.core_factory)}")
+        return replay_command(
+            self,
+            config_name="SimConfig",
+            lead=[f"--backend {self.backend}"],
+            options=options,
+            extra=extra,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,22 +134,6 @@ class _ArmedChurn:
     commit: Index
     moment: ChurnMoment
     churn: Churn
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Violation:
-    kind: str
-    message: str
-    seed: int
-    step: int
-    time_us: int
-    replay: str
-
-    def __str__(self) -> str:
-        return (
-            f"[{self.kind}] seed {self.seed}, step {self.step}, t={self.time_us}us: "
-            f"{self.message}\n  replay: {self.replay}"
-        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -248,76 +205,37 @@ class TraceLogger:
         self._emit("warning", event, kw)
 
 
-class Simulation:
+class Simulation(EventLoop[SimConfig, SimNode, SimResult]):
     """One run. Implements ``consensus.sim.workload.ClusterView`` for the clients and
     ``consensus.sim.operator.OperatorView`` for the operator."""
 
     def __init__(self, config: SimConfig, *, trace: Callable[[str], None] | None = None) -> None:
         config.validate()
-        self.config = config
-        root = random.Random(config.seed)
-        # Derive every generator in a fixed order so each consumer's stream is independent
-        # of how much the others draw.
-        net_rng = random.Random(root.getrandbits(64))
-        fault_rng = random.Random(root.getrandbits(64))
-        workload_rng = random.Random(root.getrandbits(64))
-        self._rng = random.Random(root.getrandbits(64))
-        node_seeds = [root.getrandbits(64) for _ in range(config.nodes)]
-        options_rng = random.Random(root.getrandbits(64))
-        profile_rng = random.Random(root.getrandbits(64))
-        operator_rng = random.Random(root.getrandbits(64))
-        drawn_pre_vote = options_rng.random() < 0.75
-        drawn_check_quorum = options_rng.random() < 0.75
-        self.pre_vote = drawn_pre_vote if config.pre_vote is None else config.pre_vote
-        self.check_quorum = (
-            drawn_check_quorum if config.check_quorum is None else config.check_quorum
-        )
+        super().__init__(config, nodes=config.nodes)
+        operator_rng = random.Random(self._root.getrandbits(64))
         faults = config.faults
-        self.election_timeout_ticks = _DEFAULT_ELECTION_TIMEOUT_TICKS
-        self._calm_max_delay_us = _DEFAULT_MAX_DELAY_US
-        self.max_msg_bytes = _DEFAULT_MAX_MSG_BYTES
-        if faults.elections:
-            self.election_timeout_ticks = profile_rng.choice(_ELECTIONS_TIMEOUT_TICKS)
-            self._calm_max_delay_us = profile_rng.choice(_ELECTIONS_MAX_DELAY_US)
-            self.max_msg_bytes = profile_rng.choice(_ELECTIONS_MAX_MSG_BYTES)
         if config.election_timeout_ticks is not None:
             self.election_timeout_ticks = config.election_timeout_ticks
-        drawn_spares = profile_rng.randint(1, 2) if faults.membership else 0
+        drawn_spares = self._profile_rng.randint(1, 2) if faults.membership else 0
         self.spares = drawn_spares if config.spares is None else config.spares
 
         self.traits = TRAITS[config.backend]
         self._members = tuple(NodeId(i) for i in range(1, config.nodes + 1))
         self._ids = tuple(NodeId(i) for i in range(1, config.nodes + self.spares + 1))
-        node_seeds += [root.getrandbits(64) for _ in range(self.spares)]
-        self._heap: list[tuple[int, int, int, Any, Any]] = []
-        self._seq = 0
-        self._now = 0
-        self._steps = 0
-        self._ticks = 0
-        self._in_fault_phase = False
-        self._violations: list[Violation] = []
-        self._trace_digest = hashlib.blake2b(digest_size=16)
-        self._lost_writes = 0
+        node_seeds = self._node_seeds + [self._root.getrandbits(64) for _ in range(self.spares)]
         self._checked_readies: dict[NodeId, int] = {}
         self._leader_of_term: dict[Term, NodeId] = {}
         self._armed_churn: dict[NodeId, _ArmedChurn] = {}
         self._isolated_leader: tuple[NodeId, int] | None = None
-        self._isolations = 0
         self._latest_leader_term = Term(-1)
         bootstrap = ConfState(voters=self._members)
         self._latest_conf = bootstrap
         """The configuration of the leader of the highest term seen so far."""
 
         self.checker = SafetyChecker(self.traits)
-        self.network = SimNetwork(
-            self._ids,
-            net_rng,
-            min_delay_us=_DEFAULT_MIN_DELAY_US,
-            max_delay_us=self._calm_max_delay_us,
-        )
-        self.injector = FaultInjector(faults, fault_rng)
+        self.network = self._make_network()
         self.workload = Workload(
-            self, workload_rng, WorkloadConfig(clients=config.clients, keys=config.keys)
+            self, self._workload_rng, WorkloadConfig(clients=config.clients, keys=config.keys)
         )
         election_timeout_us = self.election_timeout_ticks * config.tick_us
         self.operator = Operator(
@@ -331,8 +249,7 @@ class Simulation:
         # A spare joins with an empty configuration and learns the membership from the
         # leader, unless the backend cannot do that yet (BackendTraits).
         spare_conf = ConfState() if self.traits.joins_with_empty_conf else bootstrap
-        self.nodes: dict[NodeId, SimNode] = {}
-        self._tick_interval: dict[NodeId, int] = {}
+        self.nodes = {}
         base_config = CoreConfig(
             node_id=self._ids[0],
             election_timeout_ticks=self.election_timeout_ticks,
@@ -359,24 +276,9 @@ class Simulation:
                 on_complete=self.workload.complete,
                 logger=logger,
             )
-            interval = config.tick_us
-            if faults.skew:
-                # Half the drift bound each way keeps the fastest/slowest ratio within the
-                # bound the lease assumes (CoreConfig.lease_clock_drift_ratio).
-                bound = drift / 2 * 0.9
-                interval = round(config.tick_us * (1 + self._rng.uniform(-bound, bound)))
-                self.injector.record(FaultKind.SKEW)
-            self._tick_interval[node_id] = interval
+            self._draw_tick_interval(node_id, drift)
 
     # ------------------------------------------------------------------ ClusterView
-
-    @property
-    def now_us(self) -> int:
-        return self._now
-
-    @property
-    def node_ids(self) -> tuple[NodeId, ...]:
-        return self._ids
 
     def is_up(self, node: NodeId) -> bool:
         sim_node = self.nodes.get(node)
@@ -397,9 +299,6 @@ class Simulation:
 
     def cancel(self, node: NodeId, handle: Any) -> None:
         self.nodes[node].cancel(handle)
-
-    def call_later(self, delay_us: int, fn: Callable[[Any], None], arg: Any) -> None:
-        self._push(self._now + delay_us, _CALL, fn, arg)
 
     # ------------------------------------------------------------------ OperatorView
 
@@ -424,81 +323,31 @@ class Simulation:
         sim_node.live_core().transfer_leadership(target)
         self._after(sim_node, sim_node.drain(self._send))
 
-    # ------------------------------------------------------------------ event loop
+    # ------------------------------------------------------------------ event loop hooks
 
-    def _push(self, time_us: int, kind: int, a: Any, b: Any = None) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (time_us, self._seq, kind, a, b))
+    def _delivery_line(self, time_us: int, message: Message) -> bytes:
+        return b"%d d %d %d %s\n" % (
+            time_us,
+            message.src,
+            message.dst,
+            type(message.body).__name__.encode(),
+        )
 
-    def _send(self, message: Message) -> None:
-        for due in self.network.send(message, self._now):
-            self._push(due, _DELIVER, message)
-
-    def _schedule_tick(self, node: SimNode, *, first: bool) -> None:
-        interval = self._tick_interval[node.id]
-        delay = self._rng.randint(1, interval) if first else interval
-        self._push(self._now + delay, _TICK, node.id, node.incarnation)
-
-    def _step_once(self) -> None:
-        time_us, _, kind, a, b = heapq.heappop(self._heap)
-        self._now = time_us
-        self._steps += 1
-        digest = self._trace_digest
-        if kind == _TICK:
-            node = self.nodes[a]
-            digest.update(b"%d t %d\n" % (time_us, a))
-            if node.incarnation != b or not node.alive:
-                return
-            self._schedule_tick(node, first=False)
-            self._ticks += 1
-            self._after(node, node.tick(self._send))
-        elif kind == _DELIVER:
-            message: Message = a
-            digest.update(
-                b"%d d %d %d %s\n"
-                % (time_us, message.src, message.dst, type(message.body).__name__.encode())
-            )
-            if not self.network.arrive(message):
-                return
-            target = self.nodes.get(message.dst)
-            if target is None or not target.alive:
-                return
-            self._after(target, target.step(message, self._send))
-        elif kind == _CALL:
-            digest.update(b"%d c %s\n" % (time_us, a.__name__.encode()))
-            a(b)
-        elif kind == _FAULT:
-            if self._in_fault_phase:
-                self._inject_fault()
-                self._push(
-                    self._now + self.injector.next_interval_ticks() * self.config.tick_us,
-                    _FAULT,
-                    None,
-                )
-        elif kind == _RESTART:
-            digest.update(b"%d r %d\n" % (time_us, a))
-            node = self.nodes[a]
-            if not node.alive:
-                self._restart(node)
-        elif kind == _CHURN:
-            digest.update(b"%d l %d\n" % (time_us, a))
-            term, churn = b
-            self._churn(self.nodes[a], term, churn)
-        elif kind == _RECONNECT:
-            digest.update(b"%d n %d\n" % (time_us, a))
-            if self._in_fault_phase and self._isolated_leader == (a, b):
-                self._isolated_leader = None
-                self.network.reconnect(a)
-                self.injector.record(FaultKind.RECONNECT)
-
-    def _after(self, node: SimNode, crash_now: bool) -> None:
-        """Checks after ``node`` processed its Readys (or crash it at an armed point)."""
-        if crash_now:
-            # A crash aimed at a vote or an ack comes straight back, still inside the
-            # election, where a vote that did not survive the crash could be cast twice
-            # (Raft §5.2), or an acknowledged entry be missing from a voter.
-            self._crash(node, bounce=node.crash_on is not CrashTrigger.ANY)
+    def _step_mode(self, time_us: int, kind: int, a: Any, b: Any) -> None:
+        if kind != _CHURN:
+            super()._step_mode(time_us, kind, a, b)
             return
+        self._digest.update(b"%d l %d\n" % (time_us, a))
+        term, churn = b
+        self._churn(self.nodes[a], term, churn)
+
+    def _isolation_ends(self, node_id: NodeId, isolation: int) -> bool:
+        if self._isolated_leader != (node_id, isolation):
+            return False
+        self._isolated_leader = None
+        return True
+
+    def _observe(self, node: SimNode) -> None:
         core = node.core
         # Role, term and commit only change together with a Ready (a new leader appends
         # its no-op, a commit hands out entries), so a step without one needs no check.
@@ -570,7 +419,7 @@ class Simulation:
             self._isolations += 1
             self._isolated_leader = (node.id, self._isolations)
             self.network.isolate(node.id)
-            self._push(self._now + churn.away_us, _RECONNECT, node.id, self._isolations)
+            self._push(self._now + churn.away_us, RECONNECT, node.id, self._isolations)
         else:
             self._crash(node, down_us=churn.away_us)
         self.injector.record(churn.kind)
@@ -580,216 +429,35 @@ class Simulation:
         voters = set(conf.voters) | set(conf.voters_outgoing)
         return sum(1 for v in voters if v in self.nodes and not self.nodes[v].alive)
 
-    def _inject_fault(self) -> None:
-        kind = self.injector.choose()
-        rng = self._rng
-        ids = list(self._ids)
-        net = self.network
-        self._trace_digest.update(b"%d f %s\n" % (self._now, kind.value.encode()))
-        match kind:
-            case FaultKind.PARTITION:
-                if len(ids) < 2:
-                    return
-                rng.shuffle(ids)
-                cut = rng.randint(1, len(ids) - 1)
-                net.heal()
-                net.partition([ids[:cut], ids[cut:]])
-            case FaultKind.ONE_WAY:
-                if len(ids) < 2:
-                    return
-                src, dst = rng.sample(ids, 2)
-                net.cut_one_way(src, dst)
-            case FaultKind.BRIDGE:
-                if len(ids) < 3:
-                    return
-                node, peer = rng.sample(ids, 2)
-                net.heal()
-                net.bridge(node, peer)
-            case FaultKind.ISOLATE:
-                net.isolate(rng.choice(ids))
-            case FaultKind.HEAL:
-                net.heal()
-            case FaultKind.LOSSY:
-                net.set_conditions(loss_rate=rng.uniform(0.01, 0.3), dup_rate=rng.uniform(0, 0.2))
-            case FaultKind.SLOW:
-                net.set_conditions(max_delay_us=self.config.tick_us * rng.randint(1, 5))
-            case FaultKind.CALM:
-                self._calm_network()
-            case (
-                FaultKind.CRASH
-                | FaultKind.CRASH_MID_READY
-                | FaultKind.CRASH_ON_VOTE
-                | FaultKind.CRASH_ON_ACK
-            ):
-                live = [n for n in ids if self.nodes[n].alive]
-                voters = len(self._latest_conf.voters)
-                # Up to a bare majority of the voters down at once: enough to stall
-                # progress, which a correct protocol survives, while restarts keep the run
-                # moving.
-                if not live or self._voters_down() >= voters // 2 + 1:
-                    return
-                victim = self.nodes[rng.choice(live)]
-                if kind is FaultKind.CRASH:
-                    self._crash(victim)
-                elif kind is FaultKind.CRASH_MID_READY:
-                    victim.crash_at = rng.choice((CrashPoint.AFTER_PERSIST, CrashPoint.AFTER_SEND))
-                    victim.crash_on = CrashTrigger.VOTE if rng.random() < 0.5 else CrashTrigger.ANY
-                else:
-                    # Mostly after the send: the vote or ack is out, what it promised may not
-                    # be durable; the other points check that nothing leaks before a sync.
-                    victim.crash_at = rng.choice(
-                        (
-                            CrashPoint.BEFORE_SYNC,
-                            CrashPoint.AFTER_PERSIST,
-                            CrashPoint.AFTER_SEND,
-                            CrashPoint.AFTER_SEND,
-                        )
-                    )
-                    victim.crash_on = (
-                        CrashTrigger.VOTE if kind is FaultKind.CRASH_ON_VOTE else CrashTrigger.ACK
-                    )
-            case _:
-                return
-        self.injector.record(kind)
-
-    def _calm_network(self, *, max_delay_us: int | None = None) -> None:
-        self.network.set_conditions(
-            min_delay_us=_DEFAULT_MIN_DELAY_US,
-            max_delay_us=self._calm_max_delay_us if max_delay_us is None else max_delay_us,
-            loss_rate=0.0,
-            dup_rate=0.0,
-        )
-
-    def _crash(self, node: SimNode, *, bounce: bool = False, down_us: int | None = None) -> None:
-        unsynced = node.disk.unsynced_writes
-        # Half the crashes lose every unsynced write; the others keep a random prefix, as
-        # an OS that flushed part of its page cache would.
-        keep = self._rng.randint(0, unsynced) if unsynced and self._rng.random() < 0.5 else 0
-        self._lost_writes += node.crash(keep_unsynced=keep)
-        self._trace_digest.update(b"%d x %d %d\n" % (self._now, node.id, keep))
-        if down_us is None:
-            down_us = 1 if bounce else self.injector.down_us(self.config.tick_us)
-        self._push(self._now + down_us, _RESTART, node.id)
-
-    def _restart(self, node: SimNode) -> None:
-        node.start()
-        self.injector.record(FaultKind.RESTART)
-        self._schedule_tick(node, first=True)
-        self._after(node, node.drain(self._send))
+    def _crash_budget_spent(self, live: int) -> bool:
+        # A bare majority of the current leader's voters: membership changes move it.
+        return self._voters_down() >= len(self._latest_conf.voters) // 2 + 1
 
     # ------------------------------------------------------------------ phases
 
-    def run(self) -> SimResult:
-        liveness_us: int | None = None
-        inconclusive: tuple[str, ...] = ()
-        try:
-            self._fault_phase()
-            liveness_us = self._liveness_phase()
-            converged = liveness_us is not None and self._convergence_phase()
-            inconclusive = self._end_checks(converged=converged)
-        except InvariantViolation as violation:
-            self._violate(violation.kind, violation.message)
-        except Exception as exc:  # a core crashed: that is a finding, with a replay
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            # Both cores name their own invariant failures so (raft.invariants, paxos.core).
-            kind = "core_invariant" if type(exc).__name__ == "InvariantViolation" else "exception"
-            self._violate(
-                kind,
-                f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno} in {where.name})",
-            )
-        return SimResult(
-            config=self.config,
-            pre_vote=self.pre_vote,
-            check_quorum=self.check_quorum,
-            steps=self._steps,
-            ticks=self._ticks,
-            election_timeout_ticks=self.election_timeout_ticks,
-            max_msg_bytes=self.max_msg_bytes,
-            spares=self.spares,
-            virtual_time_us=self._now,
-            faults=dict(sorted(self.injector.counts.items())),
-            ops=self.workload.counts(),
-            reads=self._read_counts(),
-            network={
-                "sent": self.network.stats.sent,
-                "delivered": self.network.stats.delivered,
-                "duplicated": self.network.stats.duplicated,
-                "dropped_loss": self.network.stats.dropped_loss,
-                "dropped_partition": self.network.stats.dropped_partition,
-                "dropped_overflow": self.network.stats.dropped_overflow,
-            },
-            lost_unsynced_writes=self._lost_writes,
-            leaders_elected=len(self._leader_of_term),
-            membership={
-                **self.operator.stats.as_dict(),
-                "changes_committed": self.checker.config_changes_committed,
-            },
-            snapshots={
-                "taken": sum(n.snapshots_taken for n in self.nodes.values()),
-                "installed": sum(n.snapshots_installed for n in self.nodes.values()),
-            },
-            liveness_us=liveness_us,
-            linearizability_inconclusive=inconclusive,
-            violations=tuple(self._violations),
-            digest=self._trace_digest.hexdigest(),
-        )
-
-    def _violate(self, kind: str, message: str) -> None:
-        self._violations.append(
-            Violation(
-                kind=kind,
-                message=message,
-                seed=self.config.seed,
-                step=self._steps,
-                time_us=self._now,
-                replay=self.config.replay_command(),
-            )
-        )
-
-    def _fault_phase(self) -> None:
-        for node in self.nodes.values():
-            self._schedule_tick(node, first=True)
+    def _start_clients(self) -> None:
         self.workload.start()
         if self.config.faults.membership:
             self.operator.start()
-        self._in_fault_phase = True
-        if self.injector.active:
-            self._push(
-                self._now + self.injector.next_interval_ticks() * self.config.tick_us, _FAULT, None
-            )
-        while self._steps < self.config.steps and self._heap:
-            self._step_once()
-        self._in_fault_phase = False
-
-    def _budget_us(self) -> int:
-        return self.config.liveness_timeouts * self.election_timeout_ticks * self.config.tick_us
 
     def _liveness_phase(self) -> int | None:
-        self.network.heal()
-        # Liveness is owed only under the timing assumption "broadcast time << election
-        # timeout" (Raft §5.6), which the elections profile's long delays deliberately break.
-        self._calm_network(max_delay_us=_DEFAULT_MAX_DELAY_US)
-        for node in self.nodes.values():
-            node.crash_at = None
-            node.crash_on = CrashTrigger.ANY
-            if not node.alive:
-                self._restart(node)
+        self._heal_everything()
         self.workload.stop()
         self.operator.stop()
         start = self._now
-        deadline = start + self._budget_us()
+        deadline = start + self._budget_us(self.config.liveness_timeouts)
         self.workload.start_probe()
         workload = self.workload
-        while workload.probe_succeeded_us is None and self._heap and self._heap[0][0] <= deadline:
-            self._step_once()
-        if workload.probe_succeeded_us is None:
+        self._step_until(lambda: workload.probe_succeeded_us is not None, deadline)
+        probe_us = workload.probe_succeeded_us
+        if probe_us is None:
             self._violate(
                 "liveness",
                 f"no write committed within {self.config.liveness_timeouts} election timeouts "
                 "after healing the network and restarting every node",
             )
             return None
-        return workload.probe_succeeded_us - start
+        return probe_us - start
 
     def _current_members(self) -> list[SimNode]:
         """The nodes of the current leader's configuration (voters and learners)."""
@@ -813,58 +481,55 @@ class Simulation:
         probe = self.workload.probe_op
         if probe is None:
             return False
-        deadline = self._now + self._budget_us()
-        while not self._converged(probe):
-            if not self._heap or self._heap[0][0] > deadline:
-                states = ", ".join(f"n{n.id} applied {n.applied}" for n in self._current_members())
-                self._violate(
-                    "convergence",
-                    f"replicas did not converge within {self.config.liveness_timeouts} election "
-                    f"timeouts after the probe write committed ({states})",
-                )
-                return False
-            self._step_once()
+        deadline = self._now + self._budget_us(self.config.liveness_timeouts)
+        if not self._step_until(lambda: self._converged(probe), deadline):
+            states = ", ".join(f"n{n.id} applied {n.applied}" for n in self._current_members())
+            self._violate(
+                "convergence",
+                f"replicas did not converge within {self.config.liveness_timeouts} election "
+                f"timeouts after the probe write committed ({states})",
+            )
+            return False
         return True
 
-    def _end_checks(self, *, converged: bool) -> tuple[str, ...]:
-        nodes = [n for n in self.nodes.values() if n.alive]
-        members = [n for n in self._current_members() if n.alive]
-        for node in nodes:
-            if node.kv.duplicates:
-                client, seq = node.kv.duplicates[0]
-                self._violate(
-                    "duplicate_apply", f"node {node.id} applied client {client} seq {seq} twice"
-                )
-        for op in self.workload.history:
-            if op.path is not ReadPath.LOG:
-                continue
-            if op.outcome is Outcome.OK and converged:
-                missing = [n.id for n in members if not n.kv.has_applied(op.client, op.seq)]
-                if missing:
-                    self._violate(
-                        "lost_write",
-                        f"acknowledged {op.to_operation().describe()} is missing on nodes "
-                        f"{missing}",
-                    )
-            elif op.outcome is Outcome.FAIL:
-                holders = [n.id for n in nodes if n.kv.has_applied(op.client, op.seq)]
-                if holders:
-                    self._violate(
-                        "failed_write_applied",
-                        f"{op.to_operation().describe()} was reported failed but nodes "
-                        f"{holders} applied it",
-                    )
-        result = check_history(op.to_operation() for op in self.workload.history)
-        for failure in result.failures:
-            self._violate("linearizability", failure.counterexample)
-        return result.inconclusive
+    def _result(self) -> SimResult:
+        return SimResult(
+            config=self.config,
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
+            steps=self._steps,
+            ticks=self._ticks,
+            election_timeout_ticks=self.election_timeout_ticks,
+            max_msg_bytes=self.max_msg_bytes,
+            spares=self.spares,
+            virtual_time_us=self._now,
+            faults=self._fault_counts(),
+            ops=self.workload.counts(),
+            reads=self._read_counts([self.workload.history]),
+            network=self._network_counts(),
+            lost_unsynced_writes=self._lost_writes,
+            leaders_elected=len(self._leader_of_term),
+            membership={
+                **self.operator.stats.as_dict(),
+                "changes_committed": self.checker.config_changes_committed,
+            },
+            snapshots={
+                "taken": sum(n.snapshots_taken for n in self.nodes.values()),
+                "installed": sum(n.snapshots_installed for n in self.nodes.values()),
+            },
+            liveness_us=self._liveness_us,
+            linearizability_inconclusive=self._inconclusive,
+            violations=tuple(self._violations),
+            digest=self._digest.hexdigest(),
+        )
 
-    def _read_counts(self) -> dict[str, int]:
-        counts = {path.value: 0 for path in ReadPath}
-        for op in self.workload.history:
-            if op.op is Op.GET and op.outcome is Outcome.OK:
-                counts[op.path.value] += 1
-        return counts
+    def _end_checks(self, *, converged: bool) -> tuple[str, ...]:
+        return self._check_replicas(
+            self.workload.history,
+            alive=[(n.id, n.kv) for n in self.nodes.values() if n.alive],
+            members=[(n.id, n.kv) for n in self._current_members() if n.alive],
+            converged=converged,
+        )
 
 
 def run(config: SimConfig, *, trace: Callable[[str], None] | None = None) -> SimResult:

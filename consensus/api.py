@@ -107,6 +107,24 @@ class CoreConfig:
         if not 0.0 <= self.lease_clock_drift_ratio < 1.0:
             raise UsageError("lease_clock_drift_ratio must be in [0, 1)")
 
+    def check_entry_limits(self, entry_bytes: int, uncommitted_bytes: int) -> None:
+        """Refuse a proposal of ``entry_bytes`` on a leader holding ``uncommitted_bytes``.
+
+        Both backends apply the same limits so that a comparison runs on equal terms. An
+        empty uncommitted budget always admits one entry (up to ``max_entry_bytes``) so a
+        single large proposal cannot wedge the group.
+        """
+        if entry_bytes > self.max_entry_bytes:
+            raise ProposalDropped(
+                f"entry of {entry_bytes} bytes exceeds max_entry_bytes={self.max_entry_bytes}"
+            )
+        if uncommitted_bytes > 0 and uncommitted_bytes + entry_bytes > self.max_uncommitted_bytes:
+            raise ProposalDropped(
+                f"{uncommitted_bytes} uncommitted bytes plus this {entry_bytes}-byte entry "
+                f"exceed max_uncommitted_bytes={self.max_uncommitted_bytes}; retry once the "
+                "log catches up"
+            )
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PersistedState:

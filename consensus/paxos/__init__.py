@@ -157,7 +157,8 @@ the lease, LEASE reads fall back to SAFE. Like Raft's lease, this assumes an acc
 restarts does not promise within an election timeout of its restart (its timer is volatile).
 """
 
+from consensus.invariants import InvariantViolation
 from consensus.paxos.ballot import ballot_node, ballot_round, make_ballot
-from consensus.paxos.core import InvariantViolation, PaxosCore
+from consensus.paxos.core import PaxosCore
 
 __all__ = ["InvariantViolation", "PaxosCore", "ballot_node", "ballot_round", "make_ballot"]

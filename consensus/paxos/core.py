@@ -15,7 +15,6 @@ from dataclasses import replace
 import structlog
 
 from consensus.api import (
-    ConsensusError,
     CoreConfig,
     Logger,
     MembershipChange,
@@ -31,6 +30,7 @@ from consensus.api import (
     Status,
     UsageError,
 )
+from consensus.invariants import InvariantViolation, require
 from consensus.membership import decode_conf_entry, encode_conf_entry, is_quorum, tally
 from consensus.paxos.ballot import (
     MAX_NODE_ID,
@@ -76,16 +76,6 @@ from consensus.types import (
 )
 
 _ENTRY_OVERHEAD_BYTES = Entry(index=Index(0), term=Term(0)).size_bytes()
-
-
-class InvariantViolation(ConsensusError):
-    """A safety invariant failed: a bug in this core or a peer, never a usage error."""
-
-
-def _invariant(condition: bool, what: str) -> None:
-    # A helper, not ``assert``: invariants must stay on under ``python -O`` (TigerStyle).
-    if not condition:
-        raise InvariantViolation(what)
 
 
 def _same_value(a: Entry, b: Entry) -> bool:
@@ -134,7 +124,7 @@ class PaxosCore:
         self._conf_history: list[tuple[Index, ConfState]] = [(snap_index, base_conf)]
         for slot in range(snap_index + 1, self._commit + 1):
             entry = self._log.get(slot)
-            _invariant(entry is not None, f"persisted commit {self._commit} covers hole {slot}")
+            require(entry is not None, f"persisted commit {self._commit} covers hole {slot}")
             if entry is not None and entry.kind is EntryKind.CONFIG:
                 self._apply_conf_entry(entry)
         self._persisted_hs = state.hard_state
@@ -361,7 +351,7 @@ class PaxosCore:
         committed = []
         for slot in range(start, self._commit + 1):
             entry = self._log.get(slot)
-            _invariant(entry is not None, f"committed slot {slot} is a hole")
+            require(entry is not None, f"committed slot {slot} is a hole")
             if entry is not None:
                 committed.append(entry)
         entries = tuple(self._pending_entries[s] for s in sorted(self._pending_entries))
@@ -734,7 +724,7 @@ class PaxosCore:
                 self._recovered[entry.index] = entry
             elif entry.accepted_ballot == current.accepted_ballot:
                 # One proposer, one value per slot per ballot (PMS §2.2).
-                _invariant(
+                require(
                     _same_value(entry, current),
                     f"two values accepted at one ballot, slot {entry.index}",
                 )
@@ -828,13 +818,13 @@ class PaxosCore:
             if entry.index <= self._commit:
                 known = self._log.get(entry.index)
                 if known is not None:
-                    _invariant(
+                    require(
                         _same_value(known, entry),
                         f"leader sent a different chosen value at {entry.index}",
                     )
                 continue
             if isinstance(m, Learn):
-                _invariant(entry.index <= m.commit, "Learn carries an unchosen slot")
+                require(entry.index <= m.commit, "Learn carries an unchosen slot")
             accepted = replace(entry, accepted_ballot=ballot)
             if self._log.get(entry.index) != accepted:
                 self._store(accepted)
@@ -958,17 +948,11 @@ class PaxosCore:
 
     def _append(self, kind: EntryKind, data: bytes) -> Proposed:
         size = len(data) + _ENTRY_OVERHEAD_BYTES
-        if size > self._cfg.max_entry_bytes:
-            raise ProposalDropped(f"entry of {size} bytes exceeds max_entry_bytes")
         if self._pending_conf_slot > self._commit:
             # Alpha = 1 at configuration changes: nothing is proposed beyond a pending CONFIG
             # slot until it is chosen, so every slot has exactly one configuration.
             raise ProposalDropped("a membership change is pending; retry once it commits")
-        if (
-            self._uncommitted_bytes
-            and self._uncommitted_bytes + size > self._cfg.max_uncommitted_bytes
-        ):
-            raise ProposalDropped("max_uncommitted_bytes reached")
+        self._cfg.check_entry_limits(size, self._uncommitted_bytes)
         slot = Index(self._log.last_index + 1)
         entry = Entry(
             index=slot, term=self._ballot, kind=kind, data=data, accepted_ballot=self._ballot
@@ -1001,7 +985,7 @@ class PaxosCore:
         conf_before = self._conf
         for slot in range(self._commit + 1, target + 1):
             entry = self._log.get(slot)
-            _invariant(entry is not None, f"cannot commit hole {slot}")
+            require(entry is not None, f"cannot commit hole {slot}")
             if entry is None:
                 continue
             if self._accepts.pop(slot, None) is not None:
@@ -1135,7 +1119,7 @@ class PaxosCore:
                 self._start_snapshot(peer, pr)
                 return
             entries = self._log.run(pr.next, last, self._cfg.max_msg_bytes)
-            _invariant(bool(entries), f"leader log has a hole at {pr.next}")
+            require(bool(entries), f"leader log has a hole at {pr.next}")
             body: Accept | Learn
             if entries[0].index <= self._commit:
                 # Catch-up by chosen-value transfer: everything here is already chosen.

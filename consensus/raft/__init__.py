@@ -5,8 +5,8 @@ membership changes, ``log.py`` for the in-memory log and ``progress.py`` for rep
 state. Message bodies are in ``messages.py``.
 """
 
+from consensus.invariants import InvariantViolation
 from consensus.raft.core import RaftCore
-from consensus.raft.invariants import InvariantViolation
 from consensus.raft.progress import ProgressState
 
 __all__ = ["InvariantViolation", "ProgressState", "RaftCore"]

@@ -34,8 +34,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from consensus.api import ChangeKind, MembershipChange
+from consensus.invariants import require
 from consensus.membership import ConfEntryError, decode_conf_entry, encode_conf_entry
-from consensus.raft.invariants import require
 from consensus.types import NO_NODE, ConfState, Index, NodeId
 
 __all__ = [

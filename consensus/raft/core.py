@@ -72,10 +72,10 @@ from consensus.api import (
     Status,
     UsageError,
 )
+from consensus.invariants import require
 from consensus.membership import decode_conf_entry, encode_conf_entry, is_quorum, tally
 from consensus.quorum import VoteResult, committed_index
 from consensus.raft.conf import ConfChangeError, ConfHistory, apply_change
-from consensus.raft.invariants import require
 from consensus.raft.log import RaftLog
 from consensus.raft.messages import (
     AppendEntries,
@@ -1289,20 +1289,7 @@ class RaftCore:
             raise ProposalDropped(f"leadership transfer to node {self._transferee} in progress")
 
     def _check_entry_limits(self, entry: Entry) -> None:
-        size = entry.size_bytes()
-        if size > self._cfg.max_entry_bytes:
-            raise ProposalDropped(
-                f"entry of {size} bytes exceeds max_entry_bytes={self._cfg.max_entry_bytes}"
-            )
-        if (
-            self._uncommitted_bytes > 0
-            and self._uncommitted_bytes + size > self._cfg.max_uncommitted_bytes
-        ):
-            raise ProposalDropped(
-                f"{self._uncommitted_bytes} uncommitted bytes plus this {size}-byte entry "
-                f"exceed max_uncommitted_bytes={self._cfg.max_uncommitted_bytes}; retry "
-                "once the log catches up"
-            )
+        self._cfg.check_entry_limits(entry.size_bytes(), self._uncommitted_bytes)
 
     def _send(self, to: NodeId, body: RaftBody) -> None:
         self._msgs.append(Message(group_id=self._cfg.group_id, src=self._id, dst=to, body=body))

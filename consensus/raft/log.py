@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from consensus.raft.invariants import require
+from consensus.invariants import require
 from consensus.types import Entry, Index, Term
 
 _ZERO_INDEX = Index(0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 
-from consensus.raft.invariants import require
+from consensus.invariants import require
 from consensus.types import Index
 
 

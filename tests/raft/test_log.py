@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from consensus.raft.invariants import InvariantViolation
+from consensus.invariants import InvariantViolation
 from consensus.raft.log import RaftLog
 from consensus.types import Entry, Index, Term
 

@@ -22,6 +22,7 @@ PURE_FILES = [
     "codec.py",
     "membership.py",
     "backends.py",
+    "invariants.py",
 ]
 PURE_PACKAGES = ["raft", "paxos"]
 FORBIDDEN_MODULES = {

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from consensus.invariants import InvariantViolation as CoreInvariantViolation
 from consensus.sim.checkers import InvariantViolation
 from consensus.sim.faults import FaultInjector, FaultKind, FaultProfile
 from consensus.sim.kv import KVStore, Op
@@ -440,8 +441,8 @@ class EventLoop(ABC, Generic[C, N, R]):
             self._violate(violation.kind, violation.message)
         except Exception as exc:  # a core or a host crashed: that is a finding, with a replay
             where = traceback.extract_tb(exc.__traceback__)[-1]
-            # Both cores name their own invariant failures so (raft.invariants, paxos.core).
-            kind = "core_invariant" if type(exc).__name__ == "InvariantViolation" else "exception"
+            # Both cores report broken invariants with consensus.invariants.InvariantViolation.
+            kind = "core_invariant" if isinstance(exc, CoreInvariantViolation) else "exception"
             self._violate(
                 kind,
                 f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno} in {where.name})",

@@ -52,6 +52,24 @@ def require(condition: bool, message: str) -> None:
         raise StateMachineError(message)
 
 
+def fresh_entries(group_id: GroupId, applied: Index, entries: Sequence[Entry]) -> list[Entry]:
+    """The part of ``entries`` not yet applied, checked to continue ``applied`` without a gap.
+
+    Cores re-deliver committed entries after a restart, so a batch may start at or below the
+    applied index; those are skipped (exactly-once apply). A gap is a broken contract, not a
+    client error, and raises ``StateMachineError``.
+    """
+    fresh = [e for e in entries if e.index > applied]
+    if fresh:
+        require(
+            fresh[0].index == applied + 1,
+            f"group {group_id}: entry stream jumps from applied {applied} to {fresh[0].index}",
+        )
+        for before, after in itertools.pairwise(fresh):
+            require(after.index == before.index + 1, f"group {group_id}: gap at {after.index}")
+    return fresh
+
+
 class StateMachine(Protocol):
     """What the runtime needs from an application. Calls come from one worker thread at a
     time (the runtime serialises them behind a ``trio.CapacityLimiter(1)``)."""
@@ -170,17 +188,10 @@ class KVStateMachine:
         return self._applied.get(group_id, Index(0))
 
     def apply(self, group_id: GroupId, entries: Sequence[Entry]) -> tuple[bytes | None, ...]:
-        applied = self.applied_index(group_id)
-        fresh = [e for e in entries if e.index > applied]
+        fresh = fresh_entries(group_id, self.applied_index(group_id), entries)
         results: list[bytes | None] = [None] * (len(entries) - len(fresh))
         if not fresh:
             return tuple(results)
-        require(
-            fresh[0].index == applied + 1,
-            f"group {group_id}: entry stream jumps from applied {applied} to {fresh[0].index}",
-        )
-        for before, after in itertools.pairwise(fresh):
-            require(after.index == before.index + 1, f"group {group_id}: gap at {after.index}")
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:

@@ -41,7 +41,7 @@ import msgpack
 import structlog
 
 from consensus.api import Logger
-from consensus.runtime.statemachine import StateMachineError, require
+from consensus.runtime.statemachine import StateMachineError, fresh_entries, require
 from consensus.types import Entry, EntryKind, GroupId, Index, Snapshot
 from shardb.placement.descriptors import Key, RangeDescriptor
 from shardb.statemachine import guard
@@ -345,17 +345,10 @@ class SqlStateMachine:
         return self._applied.get(group_id, Index(0))
 
     def apply(self, group_id: GroupId, entries: Sequence[Entry]) -> tuple[bytes | None, ...]:
-        applied = self.applied_index(group_id)
-        fresh = [e for e in entries if e.index > applied]
+        fresh = fresh_entries(group_id, self.applied_index(group_id), entries)
         results: list[bytes | None] = [None] * (len(entries) - len(fresh))
         if not fresh:
             return tuple(results)
-        require(
-            fresh[0].index == applied + 1,
-            f"group {group_id}: entry stream jumps from applied {applied} to {fresh[0].index}",
-        )
-        for before, after in itertools.pairwise(fresh):
-            require(after.index == before.index + 1, f"group {group_id}: gap at {after.index}")
         self._group(self._groups, group_id)
         # Commands may change the group (split, drop): work on a copy, publish on commit.
         groups = dict(self._groups)

@@ -40,7 +40,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,7 @@ import trio
 from hdrh.histogram import HdrHistogram
 
 from consensus.runtime.client import ClientError, open_client
+from consensus.runtime.localhost import free_ports
 
 CLUSTER = "bench"
 NODES = (1, 2, 3)
@@ -80,17 +80,6 @@ def cpu_seconds(pid: int) -> float:
         fields = f.read().rpartition(")")[2].split()
     # After the command name: state is field 3, utime 14, stime 15 (1-based, proc(5)).
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 # --------------------------------------------------------------------------- processes

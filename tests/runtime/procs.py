@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,20 +11,9 @@ from pathlib import Path
 import trio
 
 from consensus.runtime import ClientError, open_client
+from consensus.runtime.localhost import free_ports
 
 CLUSTER = "proc-test"
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS just handed out and we released (a small race we accept in tests)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class ProcCluster:

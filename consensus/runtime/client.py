@@ -33,9 +33,19 @@ _DIAL_TIMEOUT_S: Final = 2.0
 class ClientError(Exception):
     """A request failed; ``code`` is the protocol error code."""
 
-    def __init__(self, code: str, message: str, *, leader: int = 0) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        leader: int = 0,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         self.code = code
+        self.message = message
         self.leader = leader
+        self.details: dict[str, Any] = dict(details or {})
+        """Every other field of the error reply (application errors carry theirs here)."""
         super().__init__(f"{code}: {message}")
 
 
@@ -232,6 +242,7 @@ class Client:
             str(error.get("code", p.INTERNAL)),
             str(error.get("message", "")),
             leader=int(error.get("leader", 0) or 0),
+            details={k: v for k, v in error.items() if k not in ("code", "message", "leader")},
         )
 
     def _drop(self, conn: _Connection) -> None:

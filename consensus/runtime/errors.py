@@ -57,3 +57,15 @@ class GroupConflict(NodeError):
     """``create_group`` for an existing group with another backend or membership."""
 
     code = "group_conflict"
+
+
+class ApplicationError(Exception):
+    """An error of the application served over the client port (e.g. a SQL error from the
+    database gateway): its ``code`` and ``details`` reach the client verbatim in the error
+    reply, beside the message."""
+
+    def __init__(self, code: str, message: str, **details: object) -> None:
+        self.code = code
+        self.message = message
+        self.details = details
+        super().__init__(message)

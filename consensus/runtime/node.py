@@ -852,6 +852,12 @@ class Node:
             else:
                 read.waiter.succeed(answer)
 
+    async def call_state_machine(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(*args)`` on the state machine's thread, serialised with apply, restore
+        and reads (the state machine is single-threaded; an application that needs it outside
+        the consensus path, e.g. to register a new range, goes through here)."""
+        return await self._sm_call(fn, *args)
+
     async def _sm_call(self, fn: Callable[..., _T], *args: Any) -> _T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._sm_limiter)
 

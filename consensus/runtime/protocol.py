@@ -32,7 +32,20 @@ MAX_QUEUED_BYTES: Final = 4 << 20
 """Objects queued on one connection beyond this make their senders wait for the writer (a
 peer that does not read must not grow our memory)."""
 
-OPS: Final = ("put", "get", "delete", "cas", "create_group", "status", "stats")
+OPS: Final = (
+    "put",
+    "get",
+    "delete",
+    "cas",
+    "propose",
+    "read",
+    "create_group",
+    "status",
+    "stats",
+)
+"""The node's own ops. ``propose``/``read`` carry an application's opaque command/query bytes
+for one group (``{"group", "command"}`` / ``{"group", "query", "consistency"}``) and answer
+``{"result": bytes}``: how another node's gateway reaches a group led elsewhere."""
 
 # Error codes (``error.code``). The runtime's own codes are on ``consensus.runtime.errors``.
 NOT_LEADER: Final = "not_leader"

@@ -14,7 +14,7 @@ is logged and answered as ``internal``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from functools import partial
@@ -27,7 +27,7 @@ from consensus.api import NotLeader, ProposalDropped, ReadMode
 from consensus.backends import Backend
 from consensus.host import UnknownGroup
 from consensus.runtime import protocol as p
-from consensus.runtime.errors import NodeError
+from consensus.runtime.errors import ApplicationError, NodeError
 from consensus.runtime.node import Node
 from consensus.runtime.statemachine import (
     decode_result,
@@ -45,6 +45,10 @@ MAX_REQUEST_TIMEOUT_S: Final = 60.0
 
 
 _Call = Callable[[], Awaitable[dict[str, Any]]]
+OpHandler = Callable[[dict[str, Any]], _Call]
+"""An application op served beside the node's own: validates ``args`` at once (raising
+``BadRequest`` closes the connection, as for the built-in ops) and returns the call that does
+the work. The call's ``ApplicationError`` becomes an error reply with its code and details."""
 LINGER_S: Final = 1.0
 LINGER_MAX_BYTES: Final = 8 << 20
 
@@ -64,8 +68,21 @@ async def _linger(stream: trio.SocketStream) -> None:
                 discarded += len(data)
 
 
-class _BadRequest(Exception):
+class BadRequest(Exception):
     """The client broke the protocol: reply once and close the connection."""
+
+
+_BadRequest = BadRequest
+
+
+def arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    """``args[name]`` if it is a ``kind`` (bool is not an int), else ``BadRequest``."""
+    return _arg(args, name, kind)
+
+
+def timeout_arg(args: dict[str, Any]) -> float:
+    """The request's ``timeout_ms`` in seconds (default and ceiling applied)."""
+    return _timeout(args)
 
 
 def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -93,8 +110,17 @@ def _timeout(args: dict[str, Any]) -> float:
     return min(raw / 1000.0, MAX_REQUEST_TIMEOUT_S)
 
 
+def _read_mode(args: dict[str, Any]) -> ReadMode:
+    consistency = args.get("consistency", "safe")
+    if consistency not in ("safe", "lease"):
+        raise _BadRequest("consistency must be 'safe' or 'lease'")
+    return ReadMode.LEASE if consistency == "lease" else ReadMode.SAFE
+
+
 def error_body(exc: BaseException) -> dict[str, Any]:
     match exc:
+        case ApplicationError():
+            return {**exc.details, "code": exc.code, "message": exc.message}
         case NotLeader(leader_hint=hint):
             return {"code": p.NOT_LEADER, "message": str(exc), "leader": int(hint)}
         case ProposalDropped():
@@ -112,8 +138,18 @@ def error_body(exc: BaseException) -> dict[str, Any]:
 class ClientServer:
     """Serves one node's client port; use through ``open_client_server``."""
 
-    def __init__(self, node: Node, *, max_request_bytes: int = p.MAX_REQUEST_BYTES) -> None:
+    def __init__(
+        self,
+        node: Node,
+        *,
+        max_request_bytes: int = p.MAX_REQUEST_BYTES,
+        ops: Mapping[str, OpHandler] | None = None,
+    ) -> None:
         self._node = node
+        self._ops: dict[str, OpHandler] = dict(ops or {})
+        clash = sorted(set(self._ops) & set(p.OPS))
+        if clash:
+            raise ValueError(f"application ops {clash} shadow the node's own ops")
         self._max_request_bytes = max_request_bytes
         self._log = node._log
         self.connections = 0
@@ -213,7 +249,7 @@ class ClientServer:
         if not isinstance(request_id, int) or isinstance(request_id, bool):
             raise _BadRequest("request id must be an integer")
         op = request.get("op")
-        if op not in p.OPS:
+        if op not in p.OPS and op not in self._ops:
             raise _BadRequest(f"unknown op {op!r}")
         args = request.get("args", {})
         if not isinstance(args, dict):
@@ -247,7 +283,28 @@ class ClientServer:
         """Validate ``args`` now (a bad request closes the connection) and return the call
         that does the work."""
         node = self._node
+        handler = self._ops.get(op)
+        if handler is not None:
+            return handler(args)
         match op:
+            case "propose":
+                raw_command = _arg(args, "command", bytes)
+                group, timeout = _group(args), _timeout(args)
+
+                async def propose_raw() -> dict[str, Any]:
+                    return {"result": await node.propose(group, raw_command, timeout=timeout)}
+
+                return propose_raw
+            case "read":
+                raw_query = _arg(args, "query", bytes)
+                read_mode = _read_mode(args)
+                group, timeout = _group(args), _timeout(args)
+
+                async def read_raw() -> dict[str, Any]:
+                    answer = await node.read(group, raw_query, mode=read_mode, timeout=timeout)
+                    return {"result": answer}
+
+                return read_raw
             case "put" | "delete" | "cas":
                 if op == "put":
                     command = encode_put(_arg(args, "key", bytes), _arg(args, "value", bytes))
@@ -266,10 +323,7 @@ class ClientServer:
 
                 return propose
             case "get":
-                consistency = args.get("consistency", "safe")
-                if consistency not in ("safe", "lease"):
-                    raise _BadRequest("consistency must be 'safe' or 'lease'")
-                mode = ReadMode.LEASE if consistency == "lease" else ReadMode.SAFE
+                mode = _read_mode(args)
                 query = encode_get(_arg(args, "key", bytes))
                 group, timeout = _group(args), _timeout(args)
 
@@ -350,10 +404,11 @@ async def open_client_server(
     port: int = 0,
     *,
     max_request_bytes: int = p.MAX_REQUEST_BYTES,
+    ops: Mapping[str, OpHandler] | None = None,
 ) -> AsyncIterator[tuple[str, int]]:
-    """Serve ``node``'s client port; yields the bound address. Connections are cancelled
-    on exit."""
-    server = ClientServer(node, max_request_bytes=max_request_bytes)
+    """Serve ``node``'s client port (plus the application ``ops``); yields the bound
+    address. Connections are cancelled on exit."""
+    server = ClientServer(node, max_request_bytes=max_request_bytes, ops=ops)
     listeners = await trio.open_tcp_listeners(port, host=host)
     sockname = listeners[0].socket.getsockname()
     address = (str(sockname[0]), int(sockname[1]))

@@ -141,3 +141,53 @@ async def test_requests_on_one_connection_are_multiplexed(tmp_path: Path) -> Non
             assert batches < 64, "writes were batched into shared transactions"
             for i in (0, 31, 63):
                 assert await client.get(1, f"k{i}") == f"v{i}".encode()
+
+
+async def test_raw_propose_and_read_carry_application_bytes_to_the_group(tmp_path: Path) -> None:
+    """``propose``/``read`` are how one node's gateway reaches a group led by another node:
+    the command and query bytes pass through untouched, and so does the state machine's
+    answer."""
+    from consensus.runtime.statemachine import decode_result, encode_get, encode_put
+
+    async with served_cluster(tmp_path) as (cluster, addresses):
+        await cluster.create_group(1, "paxos")
+        await cluster.wait_leader(1)
+        async with open_client(addresses) as client:
+            put = await client.request("propose", 1, {"command": encode_put(b"k", b"v")})
+            assert decode_result(put["result"])["ok"] is True
+            got = await client.request(
+                "read", 1, {"query": encode_get(b"k"), "consistency": "lease"}
+            )
+            assert decode_result(got["result"])["value"] == b"v"
+
+
+async def test_application_ops_are_served_and_their_errors_keep_code_and_details(
+    tmp_path: Path,
+) -> None:
+    """An application op (the SQL gateway's) runs beside the node's own ops; its
+    ``ApplicationError`` reaches the client with the code and every detail field."""
+    from consensus.runtime.errors import ApplicationError
+    from consensus.runtime.server import arg
+
+    def echo(args: dict[str, Any]) -> Any:
+        text = arg(args, "text", str)
+
+        async def run() -> dict[str, Any]:
+            if text == "fail":
+                raise ApplicationError("sql_error", "no such table: t", statement="SELECT 1")
+            return {"echo": text}
+
+        return run
+
+    async with (
+        memory_cluster(tmp_path) as cluster,
+        open_client_server(cluster.nodes[1], ops={"echo": echo}) as address,
+        open_client({1: address}) as client,
+    ):
+        assert await client.call(1, "echo", {"text": "hi"}) == {"echo": "hi"}
+        with pytest.raises(ClientError) as failed:
+            await client.call(1, "echo", {"text": "fail"})
+        assert failed.value.code == "sql_error"
+        assert failed.value.message == "no such table: t"
+        assert failed.value.details == {"statement": "SELECT 1"}
+        assert await client.status(1)  # the node's own ops still answer

@@ -153,6 +153,17 @@ class NodeDown:
     node_id: NodeId
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetTableOption:
+    """Set (``value`` given) or remove (None) one of a table's free-form options; the gateway
+    records each secondary index as ``("index:<name>", CREATE INDEX text)`` so every gateway's
+    catalog knows it."""
+
+    table: str
+    key: str
+    value: str | None
+
+
 MetaCommand: TypeAlias = (
     CreateTable
     | DropTable
@@ -162,6 +173,7 @@ MetaCommand: TypeAlias = (
     | SetLeaseholder
     | NodeJoined
     | NodeDown
+    | SetTableOption
 )
 
 _TAGS: dict[type[object], str] = {
@@ -173,6 +185,7 @@ _TAGS: dict[type[object], str] = {
     SetLeaseholder: "set_leaseholder",
     NodeJoined: "node_joined",
     NodeDown: "node_down",
+    SetTableOption: "set_table_option",
 }
 _CLASSES: dict[str, type[object]] = {tag: cls for cls, tag in _TAGS.items()}
 
@@ -321,6 +334,8 @@ class MetaState:
                     return self._on_node_joined(command)
                 case NodeDown():
                     return self._on_node_down(command)
+                case SetTableOption():
+                    return self._on_set_table_option(command)
                 case _:
                     raise _Rejected(MetaErrorCode.MALFORMED, f"not a meta command: {command!r}")
         except _Rejected as rejected:
@@ -529,6 +544,18 @@ class MetaState:
         return MetaResult()
 
     # ----------------------------------------------------------------- helpers
+
+    def _on_set_table_option(self, cmd: SetTableOption) -> MetaResult:
+        table = self._tables.get(cmd.table)
+        if table is None:
+            raise _Rejected(MetaErrorCode.UNKNOWN_TABLE, f"no table {cmd.table!r}")
+        if not cmd.key:
+            raise _Rejected(MetaErrorCode.INVALID, "option key must be non-empty")
+        options = {k: v for k, v in table.options if k != cmd.key}
+        if cmd.value is not None:
+            options[cmd.key] = cmd.value
+        self._tables[cmd.table] = replace(table, options=tuple(sorted(options.items())))
+        return MetaResult()
 
     def _range_at_epoch(self, range_id: int, epoch: int) -> RangeDescriptor:
         descriptor = self._ranges.get(range_id)

@@ -61,7 +61,8 @@ class TableSchema:
     key_type: KeyType
     shards: int = 1
     """Initial number of ranges (``WITH (shards = N)``)."""
-    backend: Backend = Backend.RAFT
+    backend: Backend | None = None
+    """``WITH (backend = ...)``; None = the cluster's default backend."""
     create_sql: str
     """The CREATE TABLE each range's SQLite runs (the options clause removed)."""
 
@@ -314,12 +315,12 @@ def _refuse_common(cur: Cursor, first: int, last: int, table: str) -> None:
         _refuse_word(cur.word(position), table)
 
 
-def _read_table_options(cur: Cursor, index: int) -> tuple[int, int, Backend]:
+def _read_table_options(cur: Cursor, index: int) -> tuple[int, int, Backend | None]:
     """Check SQLite table options and read shardb's; return (last token of SQL, shards, backend)."""
     tokens = cur.tokens
     sql_end = index - 1
     shards = 1
-    backend = Backend.RAFT
+    backend: Backend | None = None
     while index < len(tokens):
         word = cur.word(index)
         if word == "WITHOUT":
@@ -337,7 +338,7 @@ def _read_table_options(cur: Cursor, index: int) -> tuple[int, int, Backend]:
     return sql_end, shards, backend
 
 
-def _read_with_options(cur: Cursor, index: int) -> tuple[int, Backend]:
+def _read_with_options(cur: Cursor, index: int) -> tuple[int, Backend | None]:
     tokens = cur.tokens
     if cur.at(index) is None or tokens[index].token_type is not TokenType.L_PAREN:
         raise SqlSyntaxError("expected '(' after WITH")
@@ -345,7 +346,7 @@ def _read_with_options(cur: Cursor, index: int) -> tuple[int, Backend]:
     if close != len(tokens) - 1:
         raise SqlSyntaxError("the WITH (...) options must end the CREATE TABLE statement")
     shards = 1
-    backend = Backend.RAFT
+    backend: Backend | None = None
     seen: list[str] = []
     for first, last in top_level_items(tokens, index + 1, close):
         if last != first + 2 or tokens[first + 1].token_type is not TokenType.EQ:

@@ -448,3 +448,22 @@ def test_replicas_applying_the_same_log_agree(data: st.DataObject) -> None:
             a.range_map(table.name)  # raises RangeMapError if the tiling broke
         assert all(len(set(r.replicas)) == len(r.replicas) for r in a.ranges())
     assert a.snapshot() == b.snapshot()
+
+
+def test_table_options_are_set_replaced_and_removed_by_command() -> None:
+    """Secondary indexes live in the catalog as table options, so every gateway knows them."""
+    from shardb.placement import SetTableOption
+
+    state = cluster()
+    assert state.apply(create()).ok
+    sql = "CREATE INDEX t_v ON t(v)"
+    assert state.apply(SetTableOption(table="t", key="index:t_v", value=sql)).ok
+    table = state.table("t")
+    assert table is not None and table.options == (("index:t_v", sql),)
+    command = SetTableOption(table="t", key="index:t_v", value=None)
+    assert decode_command(encode_command(command)) == command
+    assert state.apply(command).ok
+    table = state.table("t")
+    assert table is not None and table.options == ()
+    missing = state.apply(SetTableOption(table="nope", key="k", value="v"))
+    assert missing.error is MetaErrorCode.UNKNOWN_TABLE

@@ -52,7 +52,7 @@ def test_with_options_are_read_and_cut_from_the_shard_sql() -> None:
 
 def test_options_default_to_one_raft_range() -> None:
     schema = parse_create_table("CREATE TABLE t (id INTEGER PRIMARY KEY) STRICT").schema
-    assert (schema.shards, schema.backend) == (1, Backend.RAFT)
+    assert (schema.shards, schema.backend) == (1, None)  # the cluster's default
     assert schema.create_sql == "CREATE TABLE t (id INTEGER PRIMARY KEY) STRICT"
 
 

@@ -139,11 +139,19 @@ def encode_ddl(table: str, sql: str) -> bytes:
     return pack({"op": "ddl", "table": table, "sql": sql})
 
 
-def encode_split(split_key: Key, range_epoch: int, new_epoch: int) -> bytes:
-    """Shrink this group's range to ``[start, split_key)`` and set its epoch to
-    ``new_epoch``; the caller registers the right-hand group ``[split_key, end)``."""
+def encode_split(split_key: Key, range_epoch: int, new_epoch: int, right: RangeDescriptor) -> bytes:
+    """Shrink this group's range to ``[start, split_key)`` with epoch ``new_epoch`` and, in
+    the same transaction, register ``right`` (``[split_key, end)``, the descriptor the meta
+    group's ``SplitRange`` allocated) as a new group on every replica that applies it.
+    The result carries ``descriptor`` (the left half) and ``right``."""
     return pack(
-        {"op": "split", "key": split_key, "range_epoch": range_epoch, "new_epoch": new_epoch}
+        {
+            "op": "split",
+            "key": split_key,
+            "range_epoch": range_epoch,
+            "new_epoch": new_epoch,
+            "right": descriptor_to_wire(right),
+        }
     )
 
 
@@ -155,7 +163,7 @@ def encode_query(sql: str, params: Sequence[object], range_epoch: int) -> bytes:
 def decode_result(data: bytes) -> dict[str, Any]:
     """A result map: always ``ok``; ``rowcount`` (and ``lastrowid`` when deterministic) for a
     write; ``columns`` and ``rows`` for a query; ``code`` and ``error`` on failure;
-    ``descriptor`` for a split or a stale epoch."""
+    ``descriptor`` for a split (the left half; ``right`` too) or a stale epoch."""
     obj = unpack(data)
     if not isinstance(obj, dict) or not isinstance(obj.get("ok"), bool):
         raise ValueError(f"not a SQL state machine result: {obj!r}")

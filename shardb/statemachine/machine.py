@@ -24,6 +24,13 @@ the first group on a node to apply one creates (drops) it, and the others find i
 hosts. An index changes no query result, so the interval where some groups have applied it and
 others have not is only a performance difference. DROP TABLE deletes the group's rows and marks
 the group dropped; the physical table goes when no live group on the node uses it.
+
+Splits. ``encode_split`` names the right half the meta group allocated; the parent shrinks and
+the right group is registered (applied 0, the rows already in the shared table) in the SAME
+transaction, so on every replica the right group exists exactly when its parent has applied
+every entry before the split. Live groups of one table on a node never overlap:
+``register_group`` refuses an overlapping range (``RangeOverlap``) and clears rows no live
+group owns, and ``restore`` refuses a snapshot whose range overlaps another live group.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from consensus.api import Logger
 from consensus.runtime.statemachine import StateMachineError, fresh_entries, require
 from consensus.types import Entry, EntryKind, GroupId, Index, Snapshot
 from shardb.placement.descriptors import Key, RangeDescriptor
+from shardb.placement.meta import FIRST_USER_GROUP_ID
 from shardb.statemachine import guard
 from shardb.statemachine.commands import (
     MAX_SQL_CHARS,
@@ -59,6 +67,10 @@ from shardb.statemachine.guard import quote_name
 
 SNAPSHOT_FORMAT: Final = 1
 RESERVED_PREFIX: Final = "shardb_"
+STATS_SAMPLE_ROWS: Final = 256
+STATS_SAMPLE_POINTS: Final = 16
+ROW_OVERHEAD_BYTES: Final = 8
+"""Per-row bookkeeping (record header, cell pointer) added to a row's column bytes."""
 
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS shardb_applied(
@@ -106,6 +118,23 @@ _DROP_TABLE = re.compile(rf"^\s*DROP\s+TABLE\s+(IF\s+EXISTS\s+)?({_NAME})\s*;?\s
 
 class TableRefused(StateMachineError):
     """register_group was given a table the state machine cannot host."""
+
+
+class RangeOverlap(StateMachineError):
+    """register_group was given a range that shares keys with a live group on this node (for
+    the right half of a split: retry after the parent applied the split, which registers it)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RangeStats:
+    """Size of one group's range on this node, for size-based split decisions."""
+
+    rows: int
+    """Exact number of rows in the range."""
+    approx_bytes: int
+    """``rows`` times the mean logical size of a bounded sample of the range's rows (sum of
+    ``octet_length`` of every column, numbers in their text form, plus ``ROW_OVERHEAD_BYTES``):
+    the payload, not SQLite pages or indexes."""
 
 
 def _unquote(name: str) -> str:
@@ -207,19 +236,66 @@ class SqlStateMachine:
             return existing.descriptor
         if descriptor.table.lower().startswith(RESERVED_PREFIX):
             raise TableRefused(f"table names starting with {RESERVED_PREFIX} are reserved")
+        overlapping = self._overlapping_group(descriptor)
+        if overlapping is not None:
+            # Typically the right half of a split whose parent has not applied the split here
+            # yet: hosting it now would let the parent's pre-split writes land in rows the new
+            # group already owns. The split registers it itself when it applies.
+            raise RangeOverlap(
+                f"group {group_id} {_bounds(descriptor)} overlaps live group "
+                f"{overlapping.descriptor.group_id} {_bounds(overlapping.descriptor)} "
+                f"of {descriptor.table}"
+            )
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             group = self._create_table(descriptor, schema_sql)
             self._store_group(group)
+            # No live group owns these keys (checked above), so rows here are leftovers of a
+            # group that no longer covers them (a snapshot that skipped a split shrinks the
+            # range and leaves its old right part behind). A registered group starts at
+            # applied 0, whose state is an empty range: stale rows would diverge from it.
+            orphans = self._delete_range(group, descriptor)
+            conn.execute(
+                "INSERT OR REPLACE INTO shardb_applied(group_id, idx) VALUES (?, 0)", (group_id,)
+            )
+            self._clear_bounds()
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         self._groups[group_id] = group
-        self._log.info("group_registered", group_id=group_id, table=descriptor.table)
+        self._applied[group_id] = Index(0)
+        self._log.info(
+            "group_registered", group_id=group_id, table=descriptor.table, orphans_deleted=orphans
+        )
         return group.descriptor
+
+    def hosts(self, group_id: GroupId) -> bool:
+        """Whether ``group_id`` is registered here (a dropped table's group still is)."""
+        return group_id in self._groups
+
+    def live_descriptors(self) -> tuple[RangeDescriptor, ...]:
+        """Current descriptors of the registered groups whose table is not dropped, by id."""
+        return tuple(
+            self._groups[g].descriptor for g in sorted(self._groups) if not self._groups[g].dropped
+        )
+
+    def _overlapping_group(self, descriptor: RangeDescriptor) -> _Group | None:
+        """A live group of another id on the same table whose range shares a key with
+        ``descriptor``'s. Invariant: live groups of one table on a node are disjoint, since
+        they share the physical table."""
+        for gid in sorted(self._groups):
+            other = self._groups[gid]
+            if (
+                gid != descriptor.group_id
+                and not other.dropped
+                and other.table.lower() == descriptor.table.lower()
+                and _overlaps(other.descriptor, descriptor)
+            ):
+                return other
+        return None
 
     def descriptor(self, group_id: GroupId) -> RangeDescriptor:
         """The group's current descriptor (after the splits it has applied)."""
@@ -371,6 +447,8 @@ class SqlStateMachine:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        for new_group in sorted(groups.keys() - self._groups.keys()):
+            self._applied[new_group] = Index(0)  # registered by a split in this batch
         self._groups = groups
         self._applied[group_id] = last
         return tuple(results)
@@ -388,8 +466,7 @@ class SqlStateMachine:
                     result, groups[group_id] = self._on_ddl(group, command)
                     return result
                 case "split":
-                    result, groups[group_id] = self._on_split(group, command)
-                    return result
+                    return self._on_split(groups, group, command)
                 case other:
                     raise ValueError(f"unknown command {other!r}")
         except _Refusal as refusal:
@@ -582,7 +659,22 @@ class SqlStateMachine:
 
     # ----------------------------------------------------------------------- split
 
-    def _on_split(self, group: _Group, command: dict[str, Any]) -> tuple[bytes, _Group]:
+    def _on_split(
+        self, groups: dict[GroupId, _Group], group: _Group, command: dict[str, Any]
+    ) -> bytes:
+        """Shrink the group to ``[start, key)`` and, in the same transaction, register the
+        right-hand group ``[key, end)`` on this node, starting at applied 0 from the rows
+        already in the shared table (ARCHITECTURE.md "Placement driver": no data copy).
+
+        Same transaction, because the right group must not exist on a replica before that
+        replica's parent has applied every entry before the split: otherwise a pre-split write
+        to a right-half key could apply after a post-split write of the right group, and the
+        replicas would diverge. A crash either keeps both changes or neither; the entry is
+        then re-delivered and the split happens exactly once.
+
+        Every check runs before anything is written, so a refusal changes nothing. Checks use
+        only the parent's replicated bounds and the command: never which other groups this node
+        hosts, which differs between replicas."""
         if group.dropped:
             raise _Refusal(ResultCode.NO_TABLE, f"no such table: {group.table}")
         self._check_epoch(group, command.get("range_epoch"))
@@ -605,11 +697,39 @@ class SqlStateMachine:
                 ResultCode.BAD_SPLIT_KEY,
                 f"split key {key!r} is not inside [{old.start_key!r}, {old.end_key!r})",
             )
-        left = replace(old, end_key=key, epoch=new_epoch)
+        right = descriptor_from_wire(command.get("right"))
+        _check_right_half(old, right, key, new_epoch)
+        # The meta group is the authority on replicas (SetReplicas changes them there, not in
+        # this group's log), so both halves take the command's: the right group is created on
+        # exactly these nodes.
+        left = replace(old, end_key=key, epoch=new_epoch, replicas=right.replicas)
         shrunk = replace(group, descriptor=left)
         self._store_group(shrunk)
-        self._log.info("range_split", group_id=old.group_id, split_key=key, epoch=new_epoch)
-        return pack({"ok": True, "descriptor": descriptor_to_wire(left)}), shrunk
+        groups[old.group_id] = shrunk
+        if right.group_id in groups:
+            # Only possible if something registered it outside the split; the result must
+            # not depend on it (it differs between replicas), so keep it and say so.
+            self._log.warning(
+                "split_right_group_exists", group_id=old.group_id, right_group_id=right.group_id
+            )
+        else:
+            born = replace(group, descriptor=right)
+            self._store_group(born)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO shardb_applied(group_id, idx) VALUES (?, 0)",
+                (right.group_id,),
+            )
+            groups[right.group_id] = born
+        self._log.info(
+            "range_split",
+            group_id=old.group_id,
+            split_key=key,
+            epoch=new_epoch,
+            right_group_id=right.group_id,
+        )
+        return pack(
+            {"ok": True, "descriptor": descriptor_to_wire(left), "right": descriptor_to_wire(right)}
+        )
 
     # ----------------------------------------------------------------------- reads
 
@@ -638,6 +758,60 @@ class SqlStateMachine:
         except apsw.Error as exc:
             return _error_of(exc, policy)
         return pack({"ok": True, "columns": columns, "rows": rows})
+
+    # ----------------------------------------------------------------------- stats
+
+    def range_stats(self, group_id: GroupId) -> RangeStats:
+        """Rows and approximate bytes of the group's range on this node.
+
+        ``rows`` is an exact ``count(*)`` over the range of the primary key: SQLite walks the
+        range's leaf pages without decoding columns (about 17 ms for 300k rows on a laptop).
+        ``approx_bytes`` is ``rows`` times the mean size of at most ``STATS_SAMPLE_ROWS``
+        sampled rows; for an INTEGER key the sample is taken at ``STATS_SAMPLE_POINTS``
+        evenly spaced keys across the range (index seeks), for a TEXT key from the start of
+        the range. Decoding every row instead costs about 8x the count."""
+        group = self._group(self._groups, group_id)
+        if group.dropped:
+            return RangeStats(rows=0, approx_bytes=0)
+        conn = self._conn
+        table = f"main.{quote_name(group.table)}"
+        key = quote_name(group.key_column)
+        where, params = self._range_where(group, group.descriptor)
+        conn.execute("BEGIN")
+        try:
+            counted = conn.execute(f"SELECT count(*) FROM {table} WHERE {where}", params)
+            rows = int(counted.fetchone()[0])  # type: ignore[index]  # count(*) has a row
+            if rows == 0:
+                return RangeStats(rows=0, approx_bytes=0)
+            columns = [
+                str(row[1])
+                for row in conn.execute(f"PRAGMA main.table_info({quote_name(group.table)})")
+            ]
+            size = " + ".join(f"coalesce(octet_length({quote_name(c)}), 0)" for c in columns)
+            sample = (
+                f"SELECT {size} FROM {table} WHERE {where} AND {key} >= ? ORDER BY {key} LIMIT ?"
+            )
+            starts: list[Key] = []
+            if group.integer_key and rows > STATS_SAMPLE_ROWS:
+                lo = conn.execute(f"SELECT min({key}) FROM {table} WHERE {where}", params)
+                hi = conn.execute(f"SELECT max({key}) FROM {table} WHERE {where}", params)
+                low, high = int(lo.fetchone()[0]), int(hi.fetchone()[0])  # type: ignore[index]  # rows > 0
+                step = (high - low) // STATS_SAMPLE_POINTS or 1
+                starts = [low + i * step for i in range(STATS_SAMPLE_POINTS)]
+                per_point = STATS_SAMPLE_ROWS // STATS_SAMPLE_POINTS
+            else:
+                first = conn.execute(f"SELECT min({key}) FROM {table} WHERE {where}", params)
+                starts = [first.fetchone()[0]]  # type: ignore[index]  # rows > 0
+                per_point = STATS_SAMPLE_ROWS
+            sizes = [
+                int(row[0])
+                for start in starts
+                for row in conn.execute(sample, [*params, start, per_point])
+            ]
+        finally:
+            conn.execute("COMMIT")
+        mean = sum(sizes) / len(sizes) + ROW_OVERHEAD_BYTES
+        return RangeStats(rows=rows, approx_bytes=round(rows * mean))
 
     # ----------------------------------------------------------------------- snapshots
 
@@ -710,6 +884,16 @@ class SqlStateMachine:
             raise StateMachineError(f"group {group_id}: unreadable snapshot: {exc}") from exc
         require(fmt == SNAPSHOT_FORMAT, f"group {group_id}: snapshot format {fmt!r}")
         require(descriptor.group_id == group_id, f"group {group_id}: snapshot of another group")
+        require(
+            not descriptor.table.lower().startswith(RESERVED_PREFIX),
+            f"group {group_id}: snapshot of reserved table {descriptor.table!r}",
+        )
+        overlapping = None if dropped else self._overlapping_group(descriptor)
+        require(
+            overlapping is None,
+            f"group {group_id}: snapshot range {_bounds(descriptor)} overlaps live group "
+            f"{overlapping and overlapping.descriptor.group_id} on this node",
+        )
         require(
             applied == snapshot.meta.index,
             f"group {group_id}: snapshot data is at {applied}, meta says {snapshot.meta.index}",
@@ -812,6 +996,44 @@ class SqlStateMachine:
 # --------------------------------------------------------------------------- helpers
 
 
+def _check_right_half(old: RangeDescriptor, right: RangeDescriptor, key: Key, epoch: int) -> None:
+    """The right half named by a split must be what the meta group's SplitRange allocates for
+    this parent: same table and backend, ``[key, old end)``, the new epoch, a new range and a
+    new user group (the meta group allocates user groups from ``FIRST_USER_GROUP_ID``)."""
+    problems = []
+    if right.table != old.table:
+        problems.append(f"table {right.table!r} is not {old.table!r}")
+    if right.backend != old.backend:
+        problems.append(f"backend {right.backend!r} is not {old.backend!r}")
+    if type(right.start_key) is not type(key) or right.start_key != key:
+        problems.append(f"start {right.start_key!r} is not the split key {key!r}")
+    if type(right.end_key) is not type(old.end_key) or right.end_key != old.end_key:
+        problems.append(f"end {right.end_key!r} is not the parent's end {old.end_key!r}")
+    if right.epoch != epoch:
+        problems.append(f"epoch {right.epoch} is not the new epoch {epoch}")
+    if right.range_id == old.range_id:
+        problems.append("it reuses the parent's range id")
+    if right.group_id == old.group_id or right.group_id < FIRST_USER_GROUP_ID:
+        problems.append(f"group {right.group_id} is not a new user group")
+    if not right.replicas or len(set(right.replicas)) != len(right.replicas):
+        problems.append("replicas must be distinct and at least one")
+    elif min(right.replicas) < 1:
+        problems.append("replica ids start at 1")
+    if problems:
+        raise _Refusal(ResultCode.REFUSED, "right half of the split: " + "; ".join(problems))
+
+
+def _overlaps(a: RangeDescriptor, b: RangeDescriptor) -> bool:
+    """Whether two half-open ranges of one table share a key (None = unbounded)."""
+    a_below_b = a.end_key is not None and b.start_key is not None and a.end_key <= b.start_key  # type: ignore[operator]  # one key type per table
+    b_below_a = b.end_key is not None and a.start_key is not None and b.end_key <= a.start_key  # type: ignore[operator]  # one key type per table
+    return not (a_below_b or b_below_a)
+
+
+def _bounds(descriptor: RangeDescriptor) -> str:
+    return f"[{descriptor.start_key!r}, {descriptor.end_key!r})"
+
+
 def _error_of(exc: BaseException, policy: guard._Policy | None) -> bytes:
     """The result of a deterministic failure; SQLite's message verbatim."""
     message = str(exc)
@@ -862,4 +1084,11 @@ def _params_field(raw: object) -> tuple[Value, ...]:
     return tuple(raw)
 
 
-__all__ = ["RESERVED_PREFIX", "SNAPSHOT_FORMAT", "SqlStateMachine", "TableRefused"]
+__all__ = [
+    "RESERVED_PREFIX",
+    "SNAPSHOT_FORMAT",
+    "RangeOverlap",
+    "RangeStats",
+    "SqlStateMachine",
+    "TableRefused",
+]

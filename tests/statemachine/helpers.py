@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from consensus.types import Entry, GroupId, Index, NodeId, Term
 from shardb.placement.descriptors import Key, RangeDescriptor
-from shardb.statemachine import SqlStateMachine, decode_result, encode_query, encode_write
+from shardb.statemachine import (
+    SqlStateMachine,
+    decode_result,
+    encode_query,
+    encode_split,
+    encode_write,
+)
 
 SCHEMA = "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT NOT NULL, score REAL, data BLOB)"
 
@@ -32,6 +39,19 @@ def open_sm(path: Path, *groups: RangeDescriptor, schema: str = SCHEMA) -> SqlSt
     for d in groups:
         sm.register_group(d.group_id, d, schema)
     return sm
+
+
+def right_half(parent: RangeDescriptor, key: Key, group: int) -> RangeDescriptor:
+    """The right half the meta group's SplitRange allocates for ``parent`` split at ``key``."""
+    return replace(
+        parent, range_id=group, group_id=GroupId(group), start_key=key, epoch=parent.epoch + 1
+    )
+
+
+def split(parent: RangeDescriptor, key: Key, right_group: int) -> bytes:
+    """The split command for ``parent`` at ``key`` naming right group ``right_group``."""
+    right = right_half(parent, key, right_group)
+    return encode_split(key, parent.epoch, right.epoch, right)
 
 
 def entries(first: int, *commands: bytes) -> list[Entry]:

@@ -18,11 +18,10 @@ from shardb.statemachine import (
     TableRefused,
     decode_result,
     encode_ddl,
-    encode_split,
     encode_write,
 )
 
-from .helpers import apply_one, descriptor, entries, insert, open_sm, rows
+from .helpers import apply_one, descriptor, entries, insert, open_sm, rows, split
 
 G1 = descriptor(1, None, 100)
 G2 = descriptor(2, 100, None)
@@ -213,7 +212,7 @@ def test_register_group_is_idempotent_and_keeps_applied_range(tmp_path: Path) ->
     """Re-registering after a split does not widen the range back."""
     path = tmp_path / "sm.db"
     sm = open_sm(path, descriptor(1, None, None))
-    apply_one(sm, 1, encode_split(50, 1, 2))
+    apply_one(sm, 1, split(descriptor(1, None, None), 50, 7))
     sm.close()
     sm = open_sm(path, descriptor(1, None, None))
     assert sm.descriptor(GroupId(1)).end_key == 50

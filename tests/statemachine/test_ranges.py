@@ -12,9 +12,9 @@ from pathlib import Path
 import apsw
 
 from consensus.types import ConfState, GroupId, Index, Snapshot, SnapshotMeta, Term
-from shardb.statemachine import decode_result, encode_ddl, encode_split, encode_write
+from shardb.statemachine import decode_result, descriptor_to_wire, encode_ddl, encode_write
 
-from .helpers import SCHEMA, apply_one, descriptor, entries, insert, open_sm, rows, select
+from .helpers import apply_one, descriptor, entries, insert, open_sm, rows, select, split
 
 G1 = descriptor(1, None, 100)
 G2 = descriptor(2, 100, None)
@@ -56,32 +56,35 @@ def test_query_refuses_writes(tmp_path: Path) -> None:
 def test_query_with_stale_epoch_is_refused(tmp_path: Path) -> None:
     """A read routed before a split could see the sibling's rows: StaleEpoch."""
     sm = open_sm(tmp_path / "sm.db", descriptor(1, None, None))
-    apply_one(sm, 1, encode_split(50, 1, 2))
+    apply_one(sm, 1, split(descriptor(1, None, None), 50, 7))
     assert select(sm, 1, epoch=1)["code"] == "stale_epoch"
     assert select(sm, 1, epoch=2)["ok"]
 
 
 def test_split_then_each_group_sees_exactly_its_rows(tmp_path: Path) -> None:
-    """A split moves no data: the right-hand group starts from the parent's rows."""
+    """A split moves no data: the right-hand group, registered by the split itself, starts
+    from the parent's rows at applied 0; each side then writes only its own keys."""
     sm = open_sm(tmp_path / "sm.db", descriptor(1, None, None))
     for key in (10, 40, 50, 60, 90):
         apply_one(sm, 1, insert(key))
-    result = apply_one(sm, 1, encode_split(50, 1, 2))
+    result = apply_one(sm, 1, split(descriptor(1, None, None), 50, 7))
     assert result["descriptor"]["end_key"] == 50 and result["descriptor"]["epoch"] == 2
-    right = descriptor(7, 50, None, epoch=2)
-    sm.register_group(GroupId(7), right, SCHEMA)
+    assert result["right"] == descriptor_to_wire(descriptor(7, 50, None, epoch=2))
+    assert sm.applied_index(GroupId(7)) == 0
     assert [r[0] for r in rows(sm, 1)] == [10, 40]
     assert [r[0] for r in rows(sm, 7)] == [50, 60, 90]
     assert apply_one(sm, 1, insert(55, epoch=2))["code"] == "out_of_range"
     assert apply_one(sm, 7, insert(55, epoch=2))["ok"]
+    assert apply_one(sm, 7, insert(45, epoch=2))["code"] == "out_of_range"
     assert apply_one(sm, 1, insert(5, epoch=1))["code"] == "stale_epoch"
 
 
 def test_split_key_outside_range_is_refused(tmp_path: Path) -> None:
     sm = open_sm(tmp_path / "sm.db", G1)
-    assert apply_one(sm, 1, encode_split(100, 1, 2))["code"] == "bad_split_key"
-    assert apply_one(sm, 1, encode_split("a", 1, 2))["code"] == "bad_split_key"
+    assert apply_one(sm, 1, split(G1, 100, 7))["code"] == "bad_split_key"
+    assert apply_one(sm, 1, split(G1, "a", 7))["code"] == "bad_split_key"
     assert sm.descriptor(GroupId(1)).end_key == 100
+    assert sm.group_ids() == (GroupId(1),)
 
 
 def _snap(sm_data: bytes, index: int) -> Snapshot:

@@ -18,9 +18,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from consensus.runtime.process import node_app
 from consensus.sim import FaultProfile, SimConfig, SimResult, run
 from consensus.sim.multigroup import MultiSimConfig, MultiSimResult, SimBackend, run_multi
+from shardb.server.process import node_app
 
 app = typer.Typer(
     name="shardb",

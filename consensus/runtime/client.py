@@ -122,6 +122,20 @@ class Client:
         self._ids = itertools.count(1)
         self._rotation = itertools.count()
 
+    def set_addresses(self, addresses: Mapping[int, tuple[str, int]]) -> None:
+        """Replace the node address book (nodes joined or left); open connections to nodes
+        that are no longer listed are dropped when next used."""
+        if not addresses:
+            raise ValueError("need at least one node address")
+        self._addresses = dict(addresses)
+        for node in [n for n in self._connections if n not in self._addresses]:
+            del self._connections[node]
+        self._leaders = {g: n for g, n in self._leaders.items() if n in self._addresses}
+
+    def leader_hint(self, group: int) -> int | None:
+        """The node that last answered for ``group`` as its leader, if any."""
+        return self._leaders.get(group)
+
     # ----------------------------------------------------------------------- KV
 
     async def put(self, group: int, key: bytes | str, value: bytes | str) -> None:
@@ -198,7 +212,9 @@ class Client:
                 ):
                     target = exc.leader  # a fresh hint: follow it at once
                     continue
-                target = nodes[(nodes.index(target) + 1) % len(nodes)]
+                nodes = sorted(self._addresses)  # the address book may have changed
+                position = nodes.index(target) if target in nodes else -1
+                target = nodes[(position + 1) % len(nodes)]
                 await trio.sleep(min(pause_s, max(0.0, deadline - trio.current_time())))
                 pause_s = min(pause_s * 2, 0.2)
                 continue

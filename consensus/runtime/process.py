@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final, TextIO
@@ -141,8 +141,11 @@ def run_node(
     election_timeout_ticks: int = 20,
     snapshot_interval_entries: int = 10_000,
     log_level: str = "info",
+    serve_node: Callable[[NodeConfig, tuple[str, int]], Awaitable[None]] | None = None,
 ) -> int:
-    """Run one node until SIGTERM/SIGINT; returns the process exit status."""
+    """Run one node until SIGTERM/SIGINT; returns the process exit status. ``serve_node``
+    replaces the key-value node (``serve``) with an application's, e.g. shardb's database
+    node: same data dir lock, logging, recovery errors and exit codes."""
     from consensus.runtime.node import NodeConfig
 
     configure_logging(node_id, level=log_level)
@@ -167,7 +170,7 @@ def run_node(
                 snapshot_interval_entries=snapshot_interval_entries,
             )
             try:
-                trio.run(serve, config, client)
+                trio.run(serve_node or serve, config, client)
             except BaseExceptionGroup as group:
                 # A nursery wraps what its tasks raised; report the one underlying cause.
                 raise _single_cause(group) from group

@@ -16,7 +16,7 @@ import trio
 
 from consensus.runtime import Client, ClientError, open_client
 
-from .procs import ProcCluster, free_ports
+from support.procs import ProcCluster, free_ports
 
 pytestmark = pytest.mark.timeout(120)
 

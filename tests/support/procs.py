@@ -19,7 +19,12 @@ CLUSTER = "proc-test"
 class ProcCluster:
     """Starts, kills and restarts node processes; ``kill_all`` is the fixture finalizer."""
 
-    def __init__(self, tmp_path: Path, node_ids: tuple[int, ...], *extra_args: str) -> None:
+    def __init__(
+        self, tmp_path: Path, node_ids: tuple[int, ...], *extra_args: str, kv: bool = True
+    ) -> None:
+        """``kv``: bare runtime nodes with the key-value state machine (``--kv``); False runs
+        shardb database nodes (SQL on the client port)."""
+        self.kv = kv
         self.tmp_path = tmp_path
         self.node_ids = node_ids
         self.extra_args = list(extra_args)
@@ -51,6 +56,7 @@ class ProcCluster:
         peer_port: int | None = None,
     ) -> list[str]:
         peers = ",".join(f"{n}=127.0.0.1:{p}" for n, p in sorted(self.peer_ports.items()))
+        clients = ",".join(f"{n}=127.0.0.1:{p}" for n, p in sorted(self.client_ports.items()))
         return [
             sys.executable,
             "-m",
@@ -69,6 +75,7 @@ class ProcCluster:
             str(data_dir or self.data_dir(node_id)),
             "--cluster-id",
             CLUSTER,
+            *(["--kv"] if self.kv else ["--clients", clients]),
             *self.extra_args,
         ]
 

@@ -1,0 +1,114 @@
+"""Reaching a consensus group from any node: locally when this node leads it, else by
+forwarding the command or query bytes to the leader's client port (``propose``/``read`` ops of
+``consensus.runtime.server``).
+
+The gateway never decides which node leads a group; it asks its own node first (a local leader
+costs no hop), then follows the runtime client's leader cache and ``not_leader`` hints. Only
+errors that mean "nothing was proposed" are retried (``consensus.runtime.client``); a write
+whose outcome is unknown surfaces as such.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import trio
+
+from consensus.api import NotLeader, ReadMode, Role
+from consensus.host import UnknownGroup
+from consensus.runtime.client import Client, ClientError
+from consensus.runtime.errors import ProposalLost
+from consensus.runtime.node import Node
+from consensus.types import GroupId
+
+_LOCAL_FALLBACK: Final = (NotLeader, UnknownGroup)
+
+
+class GroupAccess:
+    """Propose to / read from any group of the cluster, through ``node`` and ``client``."""
+
+    def __init__(self, node: Node, client: Client) -> None:
+        self._node = node
+        self._client = client
+        self._book: dict[int, tuple[str, int]] = {}
+
+    @property
+    def node(self) -> Node:
+        return self._node
+
+    def set_addresses(self, addresses: dict[int, tuple[str, int]]) -> None:
+        """Client ports of nodes (from the meta group's node list, or configured at start);
+        merged into the address book: a node the meta group has not listed yet stays
+        reachable at its configured address."""
+        self._book.update(addresses)
+        self._client.set_addresses(self._book)
+
+    def leader_of(self, group_id: GroupId) -> int | None:
+        """This node's belief of the group's leader (None when unknown here)."""
+        if group_id in self._node.group_ids():
+            leader = int(self._node.status(group_id).leader)
+            if leader:
+                return leader
+        return self._client.leader_hint(int(group_id))
+
+    def _leads(self, group_id: GroupId) -> bool:
+        if group_id not in self._node.group_ids():
+            return False
+        return self._node.status(group_id).role is Role.LEADER
+
+    async def propose(self, group_id: GroupId, command: bytes, *, timeout: float) -> bytes:
+        """The state machine's result. A proposal that lost its log slot to another leader's
+        entry (``ProposalLost``: it will never apply) is proposed again until ``timeout``."""
+        deadline = trio.current_time() + timeout
+        while True:
+            try:
+                return await self._propose_once(
+                    group_id, command, timeout=max(0.01, deadline - trio.current_time())
+                )
+            except (ProposalLost, ClientError) as exc:
+                lost = isinstance(exc, ProposalLost) or exc.code == ProposalLost.code
+                if not lost or trio.current_time() >= deadline:
+                    raise
+
+    async def _propose_once(self, group_id: GroupId, command: bytes, *, timeout: float) -> bytes:
+        if self._leads(group_id):
+            try:
+                result = await self._node.propose(group_id, command, timeout=timeout)
+                return result or b""
+            except _LOCAL_FALLBACK:
+                pass  # leadership moved between the check and the proposal: forward
+        reply = await self._client.request(
+            "propose", int(group_id), {"command": command}, timeout_s=timeout
+        )
+        return _bytes(reply)
+
+    async def read(
+        self, group_id: GroupId, query: bytes, *, mode: ReadMode, timeout: float
+    ) -> bytes:
+        if self._leads(group_id):
+            try:
+                return await self._node.read(group_id, query, mode=mode, timeout=timeout)
+            except _LOCAL_FALLBACK:
+                pass
+        consistency = "lease" if mode is ReadMode.LEASE else "safe"
+        reply = await self._client.request(
+            "read",
+            int(group_id),
+            {"query": query, "consistency": consistency},
+            timeout_s=timeout,
+        )
+        return _bytes(reply)
+
+    async def read_local(self, group_id: GroupId, query: bytes) -> bytes | None:
+        """A stale read of this node's own replica (no barrier), or None if it has none."""
+        if group_id not in self._node.group_ids():
+            return None
+        sm = self._node.state_machine
+        return await self._node.call_state_machine(sm.query, group_id, query)
+
+
+def _bytes(reply: dict[str, object]) -> bytes:
+    result = reply.get("result")
+    if not isinstance(result, bytes):
+        raise ClientError("internal", f"a group answered {type(result).__name__}, not bytes")
+    return result

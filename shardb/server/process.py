@@ -1,0 +1,108 @@
+"""``shardb node start``: one database node as an OS process.
+
+The node serves SQL on its client port (any node is a gateway), hosts its replicas of the meta
+group and of the ranges placed on it, and stops cleanly on SIGTERM/SIGINT. ``--kv`` runs the
+bare consensus runtime with the key-value state machine instead (the runtime benchmark and
+its tests use it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import structlog
+import trio
+import typer
+
+from consensus.runtime.process import parse_address, parse_peers, run_node
+
+node_app = typer.Typer(help="Run a shardb node as a real process.", no_args_is_help=True)
+
+
+@node_app.command("start")
+def start(
+    node_id: Annotated[int, typer.Option("--id", min=1, help="This node's id.")],
+    listen: Annotated[str, typer.Option(help="HOST:PORT for node-to-node traffic.")],
+    client: Annotated[str, typer.Option(help="HOST:PORT for SQL clients and admin.")],
+    data_dir: Annotated[Path, typer.Option(help="Directory for log.db, data.db, meta.db.")],
+    cluster_id: Annotated[str, typer.Option(help="Cluster identity checked on every link.")],
+    peers: Annotated[
+        str, typer.Option(help="ID=HOST:PORT,... node-to-node address of every initial node.")
+    ] = "",
+    clients: Annotated[
+        str, typer.Option(help="ID=HOST:PORT,... client address of every initial node.")
+    ] = "",
+    backend: Annotated[str, typer.Option(help="Default backend of new tables.")] = "raft",
+    replication: Annotated[int, typer.Option(min=1, help="Replicas per range.")] = 3,
+    split_rows: Annotated[
+        int, typer.Option(min=0, help="Split a range past this many rows (0: never).")
+    ] = 0,
+    tick_ms: Annotated[int, typer.Option(min=1, help="Milliseconds per logical tick.")] = 10,
+    election_ticks: Annotated[int, typer.Option(min=2, help="Election timeout in ticks.")] = 20,
+    snapshot_every: Annotated[
+        int, typer.Option(min=1, help="Compact a group's log every N applied entries.")
+    ] = 10_000,
+    allow_faults: Annotated[
+        bool,
+        typer.Option(
+            "--allow-faults", help="Accept fault injection on the admin endpoint (tests, demos)."
+        ),
+    ] = False,
+    kv: Annotated[
+        bool, typer.Option("--kv", help="Run the bare key-value runtime node instead.")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run one node until SIGTERM or SIGINT."""
+    if backend not in ("raft", "paxos"):
+        raise typer.BadParameter("backend must be raft or paxos", param_hint="--backend")
+    peer_map = parse_peers(peers)
+    client_map = {int(n): a for n, a in parse_peers(clients).items()}
+
+    async def serve_shard(config: object, client_address: tuple[str, int]) -> None:
+        from consensus.runtime.node import NodeConfig
+        from shardb.server.gateway import GatewayConfig
+        from shardb.server.service import ShardNodeConfig, open_shard_node
+
+        assert isinstance(config, NodeConfig)
+        shard_config = ShardNodeConfig(
+            node=config,
+            client_host=client_address[0],
+            client_port=client_address[1],
+            initial_nodes=tuple(sorted({int(n) for n in peer_map} | {node_id})),
+            peer_clients={n: a for n, a in client_map.items() if n != node_id},
+            gateway=GatewayConfig(default_backend=backend, replication_factor=replication),
+            split_rows=split_rows,
+            allow_faults=allow_faults,
+        )
+        log = structlog.get_logger("shardb.server.process")
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with open_shard_node(shard_config) as shard:
+                log.info(
+                    "node_ready",
+                    listen=list(shard.node.listen_address or ()),
+                    client=list(shard.client_address),
+                    groups=len(shard.node.group_ids()),
+                    pid=os.getpid(),
+                )
+                async for signum in signals:
+                    log.info("shutdown_requested", signal=signal.Signals(signum).name)
+                    break
+
+    code = run_node(
+        node_id=node_id,
+        listen=parse_address(listen),
+        client=parse_address(client),
+        peers=peer_map,
+        data_dir=data_dir,
+        cluster_id=cluster_id,
+        tick_interval_ms=tick_ms,
+        election_timeout_ticks=election_ticks,
+        snapshot_interval_entries=snapshot_every,
+        log_level=log_level,
+        serve_node=None if kv else serve_shard,
+    )
+    raise typer.Exit(code=code)

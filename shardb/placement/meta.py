@@ -458,10 +458,16 @@ class MetaState:
         )
         self._ranges[left.range_id] = left
         self._ranges[right.range_id] = right
-        hint = self._leaders.get(parent.range_id)
-        if hint is not None:
-            # The new group starts on the same nodes; the parent's leader is the best guess.
-            self._leaders[right.range_id] = hint
+        # The new group starts on the parent's replicas; hint the one leading the fewest
+        # ranges so that leaders stay spread as ranges split (each node's leader balancer
+        # hands leadership to the hinted replica).
+        counts = {n: 0 for n in right.replicas}
+        for node in self._leaders.values():
+            if node in counts:
+                counts[node] += 1
+        alive = [n for n in right.replicas if (i := self._nodes.get(n)) is None or i.alive]
+        if alive:
+            self._leaders[right.range_id] = min(alive, key=lambda n: (counts[n], n))
         self._next_range_id += 1
         self._next_group_id += 1
         self._log.info(

@@ -31,7 +31,7 @@ import apsw
 import structlog
 import trio
 
-from consensus.api import Logger, ReadMode
+from consensus.api import ConsensusError, Logger, ReadMode
 from consensus.runtime.client import ClientError
 from consensus.runtime.errors import ApplicationError, NodeError
 from consensus.types import GroupId
@@ -52,6 +52,7 @@ from shardb.placement.meta import (
 from shardb.placement.meta import (
     DropTable as MetaDropTable,
 )
+from shardb.server.catalog import is_catalog_query, run_catalog_query
 from shardb.server.groups import GroupAccess
 from shardb.sql import (
     Catalog,
@@ -396,6 +397,14 @@ class Gateway:
         deadline = trio.current_time() + timeout
         try:
             meta = await self._ensure_meta(deadline)
+            # --- shardb.server.catalog: SQLite catalog queries (SQLAlchemy's reflection).
+            # Linearizable ones read the meta group first, to see every DDL acknowledged before.
+            if is_catalog_query(sql):
+                if consistency is Consistency.LINEARIZABLE:
+                    await self._call(self._refresh_within, deadline, "the meta group")
+                columns, rows = run_catalog_query(sql, params, self._catalog)
+                return Answer(kind="select", columns=columns, rows=rows)
+            # --- end shardb.server.catalog
             for attempt in range(self._config.max_route_attempts):
                 t0 = time.perf_counter()
                 try:
@@ -657,10 +666,16 @@ class Gateway:
                         mode=ReadMode.SAFE,
                         timeout=max(0.05, deadline - trio.current_time()),
                     )
-                    if decode_result(raw)["ok"]:
+                    answer = decode_result(raw)
+                    if answer["ok"]:
                         return
-                except (ClientError, NodeError):
-                    pass
+                    self._log.info(
+                        "range_not_ready", range_id=descriptor.range_id, answer=answer
+                    )
+                except (ClientError, NodeError, ConsensusError) as exc:
+                    self._log.info(
+                        "range_not_ready", range_id=descriptor.range_id, error=repr(exc)
+                    )
                 if trio.current_time() >= deadline:
                     raise ApplicationError(
                         "unavailable",

@@ -14,14 +14,16 @@ from typing import Final
 
 import trio
 
-from consensus.api import NotLeader, ReadMode, Role
+from consensus.api import NotLeader, ProposalDropped, ReadMode, Role
 from consensus.host import UnknownGroup
 from consensus.runtime.client import Client, ClientError
 from consensus.runtime.errors import ProposalLost
 from consensus.runtime.node import Node
 from consensus.types import GroupId
 
-_LOCAL_FALLBACK: Final = (NotLeader, UnknownGroup)
+# A local refusal that says nothing was proposed: go through the client path, which follows
+# leader hints and retries "dropped" (a transfer in progress) with backoff until the deadline.
+_LOCAL_FALLBACK: Final = (NotLeader, UnknownGroup, ProposalDropped)
 
 
 class GroupAccess:

@@ -4,14 +4,14 @@ Questions: how many durable writes per second does one consensus group commit wi
 concurrent closed-loop clients; what latency does a single client see; does throughput hold
 when the load is spread over G groups; and what does a node pay for many idle groups?
 
-The script starts 3 ``shardb node start`` processes on 127.0.0.1 (each with its own data dir:
-``log.db`` in WAL with ``synchronous=FULL``, so every commit is fsynced), creates G groups of
-the chosen backend with all three nodes as voters, and then runs C clients spread over one or
-more client *processes* (so the client's CPU is visible apart from the nodes'). Each client
-sends one ``put`` at a time to the group ``client % G`` and waits for the answer (closed
-loop). Clients warm up first (elections, connections, leader hints), then every process
-measures the same wall-clock window. Per-process latency histograms (``hdrh``, microseconds)
-are merged in the parent.
+The script starts 3 key-value node processes (``consensus.runtime.process``) on 127.0.0.1,
+each with its own data dir (``log.db`` in WAL with ``synchronous=FULL``, so every commit is
+fsynced), creates G groups of the chosen backend with all three nodes as voters, and then
+runs C clients spread over one or more client *processes* (so the client's CPU is visible
+apart from the nodes'). Each client sends one ``put`` at a time to the group ``client % G``
+and waits for the answer (closed loop). Clients warm up first (elections, connections,
+leader hints), then every process measures the same wall-clock window. Per-process latency
+histograms (``hdrh``, microseconds) are merged in the parent.
 
 From the nodes' ``stats`` endpoint it reads, over the measured window, fsyncs and frames sent,
 summed over all three nodes and divided by committed writes; from ``/proc/<pid>/stat`` the CPU
@@ -88,7 +88,9 @@ def cpu_seconds(pid: int) -> float:
 class Cluster:
     """Three node processes; ``stop`` terminates (then kills) every one it started."""
 
-    def __init__(self, root: Path, *, log_level: str, tick_ms: int) -> None:
+    def __init__(
+        self, root: Path, *, log_level: str, tick_ms: int, election_ticks: int | None = None
+    ) -> None:
         self.root = root
         ports = free_ports(2 * len(NODES))
         self.peer_ports = dict(zip(NODES, ports[: len(NODES)], strict=True))
@@ -96,6 +98,7 @@ class Cluster:
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.log_level = log_level
         self.tick_ms = tick_ms
+        self.election_ticks = election_ticks
 
     @property
     def addresses(self) -> dict[int, tuple[str, int]]:
@@ -106,10 +109,11 @@ class Cluster:
         for node in NODES:
             command = [
                 sys.executable,
-                "-m",
-                "shardb.cli",
-                "node",
-                "start",
+                "-c",
+                # The runtime's own key-value node (consensus.runtime.process), not shardb's
+                # database node that `shardb node start` runs: this measures the consensus
+                # runtime, whose groups take KV puts without any SQL range set-up.
+                "import sys; from consensus.runtime.process import node_app; node_app()",
                 "--id",
                 str(node),
                 "--listen",
@@ -124,6 +128,11 @@ class Cluster:
                 CLUSTER,
                 "--tick-ms",
                 str(self.tick_ms),
+                *(
+                    ["--election-ticks", str(self.election_ticks)]
+                    if self.election_ticks is not None
+                    else []
+                ),
                 "--log-level",
                 self.log_level,
             ]
@@ -294,7 +303,8 @@ class Result:
     leaders: dict[int, int] = field(default_factory=dict)
     error_codes: dict[str, int] = field(default_factory=dict)
     node_stats_delta: dict[int, dict[str, int]] = field(default_factory=dict)
-    """Per node, the change of every numeric ``stats`` counter over the window."""
+    """Per node, the change of every numeric ``stats`` counter over the window (``*_max``
+    counters: their value at the end of the window)."""
 
 
 @contextlib.contextmanager
@@ -342,7 +352,9 @@ def profilers(
 
 def run_load(args: argparse.Namespace, backend: str, groups: int, clients: int) -> Result:
     root = Path(tempfile.mkdtemp(prefix="shardb-bench-", dir=args.dir))
-    cluster = Cluster(root, log_level=args.log_level, tick_ms=args.tick_ms)
+    cluster = Cluster(
+        root, log_level=args.log_level, tick_ms=args.tick_ms, election_ticks=args.election_ticks
+    )
     workers: list[subprocess.Popen[bytes]] = []
     try:
         cluster.start()
@@ -430,7 +442,9 @@ def run_load(args: argparse.Namespace, backend: str, groups: int, clients: int) 
 
 def run_idle(args: argparse.Namespace, backend: str, groups: int) -> Result:
     root = Path(tempfile.mkdtemp(prefix="shardb-bench-", dir=args.dir))
-    cluster = Cluster(root, log_level=args.log_level, tick_ms=args.tick_ms)
+    cluster = Cluster(
+        root, log_level=args.log_level, tick_ms=args.tick_ms, election_ticks=args.election_ticks
+    )
     try:
         cluster.start()
         trio.run(wait_serving, cluster)
@@ -474,9 +488,10 @@ def run_idle(args: argparse.Namespace, backend: str, groups: int) -> Result:
 def _delta(
     before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]]
 ) -> dict[int, dict[str, int]]:
+    # Maxima are not additive: report their value at the end of the window instead.
     return {
         n: {
-            k: int(after[n][k]) - int(v)
+            k: int(after[n][k]) if k.endswith("_max") else int(after[n][k]) - int(v)
             for k, v in before[n].items()
             if isinstance(v, int) and not isinstance(v, bool)
         }
@@ -487,23 +502,29 @@ def _delta(
 def render(results: list[Result]) -> str:
     lines = [
         "| backend | groups | clients | writes/s | p50 ms | p99 ms | max ms | fsyncs/write "
-        "| frames/write | node CPU s (1/2/3) | client CPU s | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| frames/write | node CPU s (1/2/3) | node CPU ms/write | client CPU s | errors "
+        "| term changes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in results:
         cpu = "/".join(f"{r.node_cpu_s[n]:.1f}" for n in NODES)
+        # Elections (Raft terms, Paxos ballots) during the window, summed over the nodes:
+        # 0 means the leaders stayed put.
+        terms = sum(r.node_stats_delta.get(n, {}).get("term_changes", 0) for n in NODES)
         if r.clients == 0:
             pct = "/".join(f"{r.node_cpu_pct[n]:.2f}%" for n in NODES)
             lines.append(
                 f"| {r.backend} | {r.groups} idle | 0 | - | - | - | - | "
                 f"{r.fsyncs_per_write:.0f} total | {r.frames_per_write:.0f} total | "
-                f"{cpu} ({pct}) | - | - |"
+                f"{cpu} ({pct}) | - | - | - | {terms} |"
             )
             continue
         lines.append(
             f"| {r.backend} | {r.groups} | {r.clients} | {r.writes_per_s:,.0f} | {r.p50_ms:.2f} "
             f"| {r.p99_ms:.2f} | {r.max_ms:.1f} | {r.fsyncs_per_write:.3f} "
-            f"| {r.frames_per_write:.3f} | {cpu} | {r.client_cpu_s:.1f} | {r.errors} |"
+            f"| {r.frames_per_write:.3f} | {cpu} "
+            f"| {1000 * sum(r.node_cpu_s.values()) / max(1, r.writes):.2f} "
+            f"| {r.client_cpu_s:.1f} | {r.errors} | {terms} |"
         )
     return "\n".join(lines)
 
@@ -527,6 +548,9 @@ def main() -> None:
     parser.add_argument("--idle-groups", type=int, default=0, help="idle mode: N groups")
     parser.add_argument("--wave", type=int, default=100, help="idle mode: groups per wave")
     parser.add_argument("--tick-ms", type=int, default=10)
+    parser.add_argument(
+        "--election-ticks", type=int, default=None, help="node election timeout (node default)"
+    )
     parser.add_argument("--log-level", default="warning")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy output directory")
     parser.add_argument(

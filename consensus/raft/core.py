@@ -944,8 +944,9 @@ class RaftCore:
             self._send_snapshot_chunk(src)  # retransmit a chunk that may have been lost
         elif pr.match < self._log.last_index:
             self._send_append(src)
-        if m.context:
-            self._read_only.ack(src, m.context)
+        # Confirming costs a quorum computation over every peer's round: skip it for a
+        # duplicate or stale answer, which cannot confirm anything new.
+        if m.context and self._read_only.ack(src, m.context):
             self._confirm_reads()
 
     def _on_install_snapshot_response(self, src: NodeId, m: InstallSnapshotResponse) -> None:

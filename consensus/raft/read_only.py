@@ -54,9 +54,13 @@ class ReadOnly:
     def add_read(self, request_id: int, index: Index, round_: int) -> None:
         self._pending.append(_PendingRead(request_id, index, round_))
 
-    def ack(self, peer: NodeId, round_: int) -> None:
+    def ack(self, peer: NodeId, round_: int) -> bool:
+        """Record ``peer``'s answer to ``round_``; True if it answered a newer round than
+        before (only then can ``confirm`` release anything new)."""
         if round_ > self._acked.get(peer, 0):
             self._acked[peer] = round_
+            return True
+        return False
 
     def confirm(self, conf: ConfState, self_id: NodeId) -> tuple[list[ReadState], int | None]:
         """Release what a quorum has confirmed: the reads now safe to answer, and the send

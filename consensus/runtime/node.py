@@ -85,6 +85,7 @@ from consensus.api import (
     ReadMode,
     Ready,
     Role,
+    Status,
     UsageError,
 )
 from consensus.backends import Backend
@@ -106,6 +107,7 @@ from consensus.runtime.errors import (
     ProposalLost,
     RequestTimeout,
 )
+from consensus.runtime.faults import FaultyTransport
 from consensus.runtime.layout import DATA_FILE, LOG_FILE
 from consensus.runtime.statemachine import KVStateMachine, StateMachine, StateMachineError
 from consensus.storage import StorageFailed, StorageWriter, open_storage_writer
@@ -158,6 +160,9 @@ class NodeConfig:
     max_inbox_messages: int = 16384
     """Messages the inbound pump buffers before it stops reading (backpressure to peers)."""
     max_log_db_bytes: int | None = None
+    allow_faults: bool = False
+    """Wrap the transport in ``FaultyTransport`` so that links can be blocked or slowed on
+    command (experiments and tests only)."""
     seed: int | None = None
     """Seed of the host's random generator (election jitter); None draws one from the OS."""
 
@@ -223,6 +228,19 @@ class NodeStatistics:
     requests_per_loop_max: int = 0
     messages_rejected: int = 0
     """Peer messages a group could not take (wrong backend's body, misrouted) and dropped."""
+    messages_dropped: int = 0
+    """Messages the transport dropped (queue full, no route, connection lost)."""
+    persist_us_max: int = 0
+    """Longest single ``write_batch`` wait."""
+    apply_wait_us: int = 0
+    """Wall time the loop waited for room in the apply backlog (the state machine behind)."""
+    ticks_per_loop_max: int = 0
+    """Most ticks one loop turn delivered (a burst means the loop ran late)."""
+    loop_us_max: int = 0
+    """Longest loop turn (wall time)."""
+    term_changes: int = 0
+    """Times a hosted group persisted a new term (Raft) or promised ballot (Multi-Paxos):
+    elections and ballot bumps, the measure of leader churn."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -300,7 +318,14 @@ class _AddGroup:
     waiter: _Waiter
 
 
-_Request = _Propose | _Read | _AddGroup
+@dataclass(slots=True)
+class _Transfer:
+    group_id: GroupId
+    target: NodeId
+    waiter: _Waiter
+
+
+_Request = _Propose | _Read | _AddGroup | _Transfer
 
 
 @dataclass(slots=True)
@@ -350,6 +375,11 @@ class Node:
         self._barrier_passed: dict[GroupId, list[_Read]] = {}
         self._read_ids = itertools.count(1)
         self._last_compact: dict[GroupId, Index] = {}
+        self._clock_jump_s = 0.0
+        self.faults: FaultyTransport | None = None
+        """Link fault controls, when the node runs with ``allow_faults``."""
+        # Last persisted term per group, to count term changes (leader churn) cheaply.
+        self._terms: dict[GroupId, Term] = {}
         # Batches persisted and sent, waiting for the apply task, in order.
         self._apply_tx, self._apply_rx = trio.open_memory_channel[
             tuple[list[_ApplyWork], list[_Read]]
@@ -377,6 +407,11 @@ class Node:
                 "messages_per_loop_max",
                 "requests_per_loop_max",
                 "messages_rejected",
+                "ticks_per_loop_max",
+                "loop_us_max",
+                "persist_us_max",
+                "apply_wait_us",
+                "term_changes",
             ),
             0,
         )
@@ -461,6 +496,27 @@ class Node:
         self._log.info("group_created", group_id=int(group_id), backend=chosen.value)
         return True
 
+    async def transfer_leadership(
+        self, group_id: GroupId, target: int, *, timeout: float | None = None
+    ) -> None:
+        """Ask this node's replica, which must lead ``group_id``, to hand leadership to
+        ``target`` (Raft thesis §3.10; Multi-Paxos the same way). Returns once the transfer
+        has started; the target takes over within an election timeout, or the leader gives
+        up and keeps leading. Raises ``NotLeader`` (with a hint) on a follower."""
+        waiter = self._submit(
+            _Transfer(group_id=group_id, target=NodeId(target), waiter=_Waiter()), admin=True
+        )
+        await waiter.wait(timeout)
+
+    def jump_clock(self, seconds: float) -> None:
+        """Fault injection: this node's clock jumps ``seconds`` forward, so the ticks of that
+        interval are delivered at once on the next loop turn (timers fire early relative to
+        the other nodes, as after a VM pause or a clock step)."""
+        if seconds < 0:
+            raise ValueError("the clock only jumps forward")
+        self._clock_jump_s += seconds
+        self._wake()
+
     def group_ids(self) -> tuple[GroupId, ...]:
         return self._host.group_ids()
 
@@ -506,6 +562,12 @@ class Node:
             messages_per_loop_max=c["messages_per_loop_max"],
             requests_per_loop_max=c["requests_per_loop_max"],
             messages_rejected=c["messages_rejected"],
+            messages_dropped=transport.messages_dropped if transport else 0,
+            persist_us_max=c["persist_us_max"],
+            apply_wait_us=c["apply_wait_us"],
+            ticks_per_loop_max=c["ticks_per_loop_max"],
+            loop_us_max=c["loop_us_max"],
+            term_changes=c["term_changes"],
         )
 
     def host_statistics(self) -> HostStatistics:
@@ -567,6 +629,7 @@ class Node:
                 await self._sm_call(self._sm.restore, info.group_id, snap)
                 self._counts["snapshots_restored"] += 1
             self._last_compact[info.group_id] = snap.meta.index if snap else Index(0)
+            self._terms[info.group_id] = persisted.hard_state.term
             self._host.add_group(
                 info.group_id,
                 info.backend,
@@ -583,10 +646,24 @@ class Node:
     # ----------------------------------------------------------------------- tasks
 
     async def _pump_inbound(self, inbound: trio.MemoryReceiveChannel[Message]) -> None:
-        async for message in inbound:
-            self._inbox.append(message)
+        # Everything already queued moves in one go. ``async for`` costs one scheduler round
+        # per message, which capped a node's inbound rate at a few thousand messages a
+        # second: 64 busy groups send more (heartbeats alone are 64 x 2 x 50/s per leader
+        # node), the backlog grew to seconds, and leaders that were alive looked dead to
+        # their followers (elections, CheckQuorum step-downs): the 64-group collapse.
+        inbox = self._inbox
+        limit = self._config.max_inbox_messages
+        while True:
+            try:
+                message = inbound.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    message = await inbound.receive()
+                except trio.EndOfChannel:
+                    return
+            inbox.append(message)
             self._wake()
-            while len(self._inbox) >= self._config.max_inbox_messages:
+            while len(inbox) >= limit:
                 self._inbox_space = trio.Event()
                 await self._inbox_space.wait()
 
@@ -604,12 +681,19 @@ class Node:
                 # A fresh event before draining: a wake during this loop is not lost.
                 self._wakeup = trio.Event()
                 now = trio.current_time()
+                if self._clock_jump_s:
+                    next_tick -= self._clock_jump_s
+                    self._clock_jump_s = 0.0
                 ticks = 0
                 while next_tick <= now:
                     ticks += 1
                     next_tick += interval_s
                 await self._loop_once(ticks)
-                self._counts["loop_busy_us"] += int((trio.current_time() - now) * 1e6)
+                busy_us = int((trio.current_time() - now) * 1e6)
+                c = self._counts
+                c["loop_busy_us"] += busy_us
+                c["loop_us_max"] = max(c["loop_us_max"], busy_us)
+                c["ticks_per_loop_max"] = max(c["ticks_per_loop_max"], ticks)
         except (StorageFailed, StateMachineError) as exc:
             self._fail(f"{type(exc).__name__}: {exc}")
         except trio.BrokenResourceError:
@@ -635,6 +719,8 @@ class Node:
         for _ in range(ticks):
             host.tick()
         self._counts["ticks"] += ticks
+        if ticks and self._reads:
+            self._fail_deposed_reads()
         requests = self._requests
         starts = min(len(requests), self._config.max_requests_per_loop)
         for _ in range(starts):
@@ -646,6 +732,26 @@ class Node:
             if not host.has_ready():
                 break
             await self._handle_ready(host.ready())
+
+    def _fail_deposed_reads(self) -> None:
+        """Fail the read barriers of groups this node no longer leads. A leader that steps
+        down (CheckQuorum, a higher term) forgets its pending ReadIndex requests: without this
+        they would wait for their deadline although they can never pass here, and a client
+        cut off from the new leader's side would not learn to go there. Once per tick, only
+        for groups with reads pending."""
+        roles: dict[GroupId, Status | None] = {}
+        for request_id, read in list(self._reads.items()):
+            group_id = read.group_id
+            if group_id not in roles:
+                try:
+                    roles[group_id] = self._host.status(group_id)
+                except UnknownGroup:
+                    roles[group_id] = None
+            st = roles[group_id]
+            if st is None or st.role is not Role.LEADER:
+                del self._reads[request_id]
+                hint = st.leader if st is not None else NodeId(0)
+                read.waiter.fail(NotLeader(hint))
 
     def _step_inbound(self, message: Message) -> None:
         """Hand one peer message to the host. A message a group cannot take -- a body of
@@ -707,6 +813,17 @@ class Node:
                     waiter.fail(exc)
                     return
                 self._last_compact[group_id] = Index(0)
+                persisted = request.persisted
+                self._terms[group_id] = persisted.hard_state.term if persisted else Term(0)
+                waiter.succeed(None)
+            case _Transfer(group_id=group_id, target=target, waiter=waiter):
+                if waiter.done:
+                    return
+                try:
+                    host.transfer_leadership(group_id, target)
+                except (NotLeader, ProposalDropped, UnknownGroup) as exc:
+                    waiter.fail(exc)
+                    return
                 waiter.succeed(None)
 
     # ----------------------------------------------------------------------- one Ready
@@ -715,10 +832,19 @@ class Node:
         self._counts["readys"] += 1
         # 1. persist: one transaction and one fsync for every group that has state to keep.
         batch = [(gr.group_id, gr.ready) for gr in hr.groups if _has_durable_state(gr.ready)]
+        terms = self._terms
+        for group_id, rd in batch:
+            hs = rd.hard_state
+            if hs is not None and hs.term != terms.get(group_id, hs.term):
+                self._counts["term_changes"] += 1
+            if hs is not None:
+                terms[group_id] = hs.term
         if batch:
             started = trio.current_time()
             await self._writer.write_batch(batch)
-            self._counts["persist_us"] += int((trio.current_time() - started) * 1e6)
+            persist_us = int((trio.current_time() - started) * 1e6)
+            self._counts["persist_us"] += persist_us
+            self._counts["persist_us_max"] = max(self._counts["persist_us_max"], persist_us)
             self._counts["batches"] += 1
         # 2. send: only now may votes, promises and acks leave.
         if hr.messages and self._transport is not None:
@@ -739,7 +865,9 @@ class Node:
         if work or reads:
             # In order, after persist and send; the loop only waits here when the state
             # machine is max_apply_backlog batches behind.
+            started = trio.current_time()
             await self._apply_tx.send((work, reads))
+            self._counts["apply_wait_us"] += int((trio.current_time() - started) * 1e6)
         # 4. advance; compaction follows once the apply task has taken the snapshot.
         self._host.advance(hr)
 
@@ -941,6 +1069,13 @@ async def open_node(
             async with _open_transport(config, node, network) as transport:
                 node._transport = transport
                 async with trio.open_nursery() as nursery:
+                    if config.allow_faults:
+                        faulty = FaultyTransport(
+                            transport, nursery, capacity=config.max_inbox_messages
+                        )
+                        node._transport = transport = faulty
+                        node.faults = faulty
+                        nursery.start_soon(faulty.pump)
                     nursery.start_soon(node._pump_inbound, transport.inbound)
                     nursery.start_soon(node._run_loop)
                     nursery.start_soon(node._apply_loop)

@@ -40,6 +40,8 @@ OPS: Final = (
     "propose",
     "read",
     "create_group",
+    "transfer_leader",
+    "fault",
     "status",
     "stats",
 )

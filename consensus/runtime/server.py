@@ -110,6 +110,52 @@ def _timeout(args: dict[str, Any]) -> float:
     return min(raw / 1000.0, MAX_REQUEST_TIMEOUT_S)
 
 
+FAULT_KINDS: Final = ("block", "unblock", "heal", "delay", "clock_jump")
+MAX_FAULT_MS: Final = 3_600_000
+
+
+def _parse_fault(args: dict[str, Any]) -> dict[str, Any]:
+    kind = args.get("kind")
+    if kind not in FAULT_KINDS:
+        raise _BadRequest(f"fault kind must be one of {', '.join(FAULT_KINDS)}")
+    peers = args.get("peers", [])
+    if not isinstance(peers, list) or not all(
+        isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in peers
+    ):
+        raise _BadRequest("peers must be a list of node ids")
+    fault: dict[str, Any] = {"kind": kind, "peers": peers}
+    for name in ("delay_ms", "jump_ms", "heal_after_ms"):
+        raw = args.get(name, 0)
+        if not isinstance(raw, int) or isinstance(raw, bool) or not 0 <= raw <= MAX_FAULT_MS:
+            raise _BadRequest(f"{name} must be an integer between 0 and {MAX_FAULT_MS}")
+        fault[name] = raw
+    return fault
+
+
+def _apply_fault(node: Node, fault: dict[str, Any]) -> dict[str, Any]:
+    faults = node.faults
+    if faults is None:
+        raise ApplicationError(
+            "faults_disabled",
+            f"node {node.node_id} was not started with faults allowed (--allow-faults)",
+        )
+    match fault["kind"]:
+        case "block":
+            faults.block(fault["peers"])
+        case "unblock":
+            faults.unblock(fault["peers"])
+        case "heal":
+            faults.heal()
+        case "delay":
+            faults.delay(fault["peers"], fault["delay_ms"] / 1000.0)
+        case "clock_jump":
+            node.jump_clock(fault["jump_ms"] / 1000.0)
+    if fault["heal_after_ms"] and fault["kind"] in ("block", "delay"):
+        faults.heal_later(fault["heal_after_ms"] / 1000.0)
+    node._log.info("fault_injected", **fault)
+    return {"faults": faults.describe()}
+
+
 def _read_mode(args: dict[str, Any]) -> ReadMode:
     consistency = args.get("consistency", "safe")
     if consistency not in ("safe", "lease"):
@@ -347,6 +393,25 @@ class ClientServer:
                     return {"created": await node.create_group(group, backend, voters)}
 
                 return create
+            case "transfer_leader":
+                group = _group(args)
+                target = _arg(args, "node", int)
+                if target <= 0:
+                    raise _BadRequest("node ids start at 1")
+                timeout = _timeout(args)
+
+                async def transfer() -> dict[str, Any]:
+                    await node.transfer_leadership(group, target, timeout=timeout)
+                    return {}
+
+                return transfer
+            case "fault":
+                fault = _parse_fault(args)
+
+                async def inject() -> dict[str, Any]:
+                    return _apply_fault(node, fault)
+
+                return inject
             case "status":
 
                 async def status() -> dict[str, Any]:

@@ -292,7 +292,12 @@ class TcpTransport:
                             )
                     self._counters.messages_received += len(messages)
                     for msg in messages:
-                        await self._inbound_tx.send(msg)
+                        # A frame's messages go in one go while there is room (an awaited
+                        # send is a scheduler round per message); wait only when full.
+                        try:
+                            self._inbound_tx.send_nowait(msg)
+                        except trio.WouldBlock:
+                            await self._inbound_tx.send(msg)
                 case Reject(reason=reason):
                     raise _ConnectionEnded(f"rejected_by_peer: {reason}")
                 case _:

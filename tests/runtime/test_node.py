@@ -192,6 +192,22 @@ async def test_proposal_overwritten_by_a_new_leader_is_reported_lost(tmp_path: P
         assert await cluster.get(1, b"a") == b"1"
 
 
+@pytest.mark.parametrize("backend", ["raft", "paxos"])
+async def test_a_read_waiting_at_a_deposed_leader_fails_with_not_leader(
+    tmp_path: Path, backend: str
+) -> None:
+    """A leader cut off from its quorum steps down (CheckQuorum, Raft thesis §6.2) and its
+    pending ReadIndex can never pass: the caller hears NotLeader at once (and can go to the
+    new leader) instead of waiting for its deadline."""
+    async with memory_cluster(tmp_path) as cluster:
+        await cluster.create_group(1, backend)
+        await cluster.put(1, b"k", b"v")
+        old = await cluster.wait_leader(1)
+        cluster.isolate(old.node_id)
+        with trio.fail_after(20), pytest.raises(NotLeader):
+            await old.read(GroupId(1), encode_get(b"k"), mode=ReadMode.SAFE, timeout=60)
+
+
 async def test_timeout_when_no_quorum(tmp_path: Path) -> None:
     async with memory_cluster(tmp_path) as cluster:
         await cluster.create_group(1, "paxos")
@@ -240,6 +256,26 @@ async def test_storage_failure_stops_the_node_from_accepting_writes(tmp_path: Pa
             await node.propose(GroupId(1), encode_put(b"k", b"v"))
         with pytest.raises(NodeFailed):
             await node.read(GroupId(1), encode_get(b"k"))
+
+
+async def test_term_changes_count_elections_in_node_statistics(tmp_path: Path) -> None:
+    """``term_changes`` measures leader churn: every node counts the term it adopts for the
+    first election, and the survivors count again when the leader is lost (Raft §5.2)."""
+    async with memory_cluster(tmp_path) as cluster:
+        await cluster.create_group(1, "raft")
+        leader = await cluster.wait_leader(1)
+        term = leader.status(GroupId(1)).term
+        await wait_until(
+            lambda: all(n.status(GroupId(1)).term == term for n in cluster.nodes.values()),
+            what="every node in the first term",
+        )
+        await cluster.put(1, b"k", b"v")  # the term is persisted before the write commits
+        assert all(n.statistics().term_changes >= 1 for n in cluster.nodes.values())
+        before = {n: cluster.nodes[n].statistics().term_changes for n in cluster.nodes}
+        await cluster.stop(leader.node_id)
+        await cluster.wait_leader(1)
+        await cluster.put(1, b"k", b"w")
+        assert all(cluster.nodes[n].statistics().term_changes > before[n] for n in cluster.nodes)
 
 
 async def test_a_dead_peer_neither_stops_commits_nor_spins_the_loop(tmp_path: Path) -> None:

@@ -13,10 +13,9 @@ from pathlib import Path
 import apsw
 import pytest
 import trio
+from support.procs import ProcCluster, free_ports
 
 from consensus.runtime import Client, ClientError, open_client
-
-from support.procs import ProcCluster, free_ports
 
 pytestmark = pytest.mark.timeout(120)
 

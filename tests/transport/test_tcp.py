@@ -87,6 +87,30 @@ async def test_messages_to_one_peer_keep_their_order() -> None:
         assert [m.body.seq for m in got] == list(range(100))  # type: ignore[attr-defined]
 
 
+async def test_a_frames_messages_reach_the_inbound_channel_together() -> None:
+    """The reader hands over a whole frame at once (no scheduler round per message): when
+    the first message of a 200-message frame can be received, all 200 are queued. One round
+    per message capped a node's inbound rate below what 64 busy groups send."""
+    async with open_cluster([1, 2]) as t:
+        await wait_connected(t[1], 2)
+        t[1].send([ping(1, 2, seq) for seq in range(200)])
+        first = await receive(t[2])
+        rest = [t[2].inbound.receive_nowait() for _ in range(199)]
+        assert [m.body.seq for m in first + rest] == list(range(200))  # type: ignore[attr-defined]
+        assert t[2].statistics().frames_received == 1
+
+
+async def test_inbound_backpressure_still_holds_when_the_channel_is_full() -> None:
+    """More messages than the inbound channel holds: the reader waits for room instead of
+    dropping, and everything arrives in order."""
+    async with open_cluster([1, 2], overrides={2: {"inbound_queue_messages": 8}}) as t:
+        await wait_connected(t[1], 2)
+        t[1].send([ping(1, 2, seq) for seq in range(50)])
+        got = await receive(t[2], 50)
+        assert [m.body.seq for m in got] == list(range(50))  # type: ignore[attr-defined]
+        assert t[2].statistics().messages_dropped == 0
+
+
 async def test_hello_with_another_cluster_id_is_rejected_with_a_logged_reason() -> None:
     logs = {1: RecordingLogger(), 2: RecordingLogger()}
     async with open_cluster(

@@ -628,8 +628,10 @@ class Gateway:
         if statement.exists:
             return Answer(kind="ddl")
         schema = statement.schema
-        meta = self._meta
-        nodes = len(meta.nodes()) if meta is not None else 1
+        # The replication factor is capped by the live nodes the meta group knows now (not
+        # by this gateway's cache, which may predate other nodes' joining).
+        meta = await self._call(self._refresh_within, deadline, "the meta group")
+        nodes = max(1, sum(1 for n in meta.nodes() if n.alive))
         command = MetaCreateTable(
             name=schema.name,
             schema_sql=statement.sql,
@@ -669,13 +671,9 @@ class Gateway:
                     answer = decode_result(raw)
                     if answer["ok"]:
                         return
-                    self._log.info(
-                        "range_not_ready", range_id=descriptor.range_id, answer=answer
-                    )
+                    self._log.info("range_not_ready", range_id=descriptor.range_id, answer=answer)
                 except (ClientError, NodeError, ConsensusError) as exc:
-                    self._log.info(
-                        "range_not_ready", range_id=descriptor.range_id, error=repr(exc)
-                    )
+                    self._log.info("range_not_ready", range_id=descriptor.range_id, error=repr(exc))
                 if trio.current_time() >= deadline:
                     raise ApplicationError(
                         "unavailable",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -69,14 +70,13 @@ def start(
 
         assert isinstance(config, NodeConfig)
         shard_config = ShardNodeConfig(
-            node=config,
+            node=replace(config, allow_faults=allow_faults),
             client_host=client_address[0],
             client_port=client_address[1],
             initial_nodes=tuple(sorted({int(n) for n in peer_map} | {node_id})),
             peer_clients={n: a for n, a in client_map.items() if n != node_id},
             gateway=GatewayConfig(default_backend=backend, replication_factor=replication),
             split_rows=split_rows,
-            allow_faults=allow_faults,
         )
         log = structlog.get_logger("shardb.server.process")
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

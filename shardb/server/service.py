@@ -33,7 +33,7 @@ from typing import Final
 import structlog
 import trio
 
-from consensus.api import Logger, Role
+from consensus.api import ConsensusError, Logger, Role
 from consensus.backends import Backend
 from consensus.runtime.client import ClientError, open_client
 from consensus.runtime.errors import ApplicationError, NodeError
@@ -72,8 +72,8 @@ class ShardNodeConfig:
     split_rows: int = 0
     """Split a range past this many rows (0 = no automatic splits)."""
     split_check_s: float = 2.0
-    allow_faults: bool = False
-    """Accept the ``fault`` admin op (partitions, delays, clock jumps) for experiments."""
+    leader_balance_s: float = 2.0
+    """How often a leader hands ranges to their hinted replicas (0 = never)."""
 
 
 class ShardNode:
@@ -224,6 +224,46 @@ class ShardNode:
         except ApplicationError as exc:
             self._log.info("split_repair_failed", error=exc.message)
 
+    # ----------------------------------------------------------------- leader balance
+
+    async def balance_leaders_forever(self) -> None:
+        """Hand each range this node leads to the replica the meta group hints (spread over
+        nodes when ranges are created or split), so leaders -- and the write load -- stay
+        spread. A target that cannot take over (down, behind) makes the transfer time out
+        and this node keeps leading; it is tried again after ``leader_balance_s``."""
+        if self.config.leader_balance_s <= 0:
+            return
+        last_try: dict[int, float] = {}
+        while True:
+            await trio.sleep(self.config.leader_balance_s / 2)
+            meta = self.gateway.meta
+            if meta is None:
+                continue
+            alive = {n.node_id for n in meta.nodes() if n.alive}
+            now = trio.current_time()
+            for descriptor in meta.ranges():
+                gid = descriptor.group_id
+                if gid not in self.node.group_ids():
+                    continue
+                if self.node.status(gid).role is not Role.LEADER:
+                    continue
+                hint = meta.leader_hint(descriptor.range_id)
+                if hint is None or hint == self.node_id or hint not in alive:
+                    continue
+                # A transfer blocks the range's proposals until it completes or times out
+                # (an election timeout): never retry one range often.
+                retry_after = 10 * self.config.leader_balance_s
+                if now - last_try.get(descriptor.range_id, -math.inf) < retry_after:
+                    continue
+                last_try[descriptor.range_id] = now
+                try:
+                    await self.node.transfer_leadership(gid, int(hint), timeout=1.0)
+                    self._log.info(
+                        "leader_transfer", range_id=descriptor.range_id, target=int(hint)
+                    )
+                except (NodeError, ConsensusError) as exc:
+                    self._log.debug("leader_transfer_failed", error=str(exc))
+
     # ----------------------------------------------------------------- splitter
 
     async def split_forever(self) -> None:
@@ -341,6 +381,7 @@ async def open_shard_node(
                 nursery.start_soon(shard.watch_meta)
                 nursery.start_soon(shard.reconcile_forever)
                 nursery.start_soon(shard.split_forever)
+                nursery.start_soon(shard.balance_leaders_forever)
                 log.info("shard_node_ready", client=list(bound), groups=len(node.group_ids()))
                 try:
                     yield shard

@@ -49,7 +49,13 @@ class ShardCluster:
 
 @asynccontextmanager
 async def shard_cluster(
-    tmp_path: Path, n: int = 3, *, backend: str = "raft", split_rows: int = 0
+    tmp_path: Path,
+    n: int = 3,
+    *,
+    backend: str = "raft",
+    split_rows: int = 0,
+    allow_faults: bool = False,
+    leader_balance_s: float = 2.0,
 ) -> AsyncIterator[ShardCluster]:
     ports = free_ports(2 * n)
     peers = {NodeId(i): ("127.0.0.1", ports[i - 1]) for i in range(1, n + 1)}
@@ -67,6 +73,7 @@ async def shard_cluster(
                     peers={p: a for p, a in peers.items() if p != i},
                     seed=i,
                     election_timeout_ticks=50,
+                    allow_faults=allow_faults,
                 ),
                 client_port=clients[i][1],
                 initial_nodes=tuple(range(1, n + 1)),
@@ -74,6 +81,7 @@ async def shard_cluster(
                 gateway=GatewayConfig(default_backend=backend),
                 split_rows=split_rows,
                 split_check_s=0.5,
+                leader_balance_s=leader_balance_s,
             )
             stop = trio.Event()
             stops.append(stop)

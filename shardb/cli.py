@@ -21,16 +21,23 @@ from rich.table import Table
 from consensus.sim import FaultProfile, SimConfig, SimResult, run
 from consensus.sim.multigroup import MultiSimConfig, MultiSimResult, SimBackend, run_multi
 from shardb.server.process import node_app
+from shardb.surface.cli import cluster_app, demo, down, sql, up
 
 app = typer.Typer(
     name="shardb",
     help="shardb: a sharded SQL database whose shards are Raft or Multi-Paxos groups.",
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion for bash, zsh, fish and PowerShell.
+    add_completion=True,
 )
 
 
 app.add_typer(node_app, name="node")
+app.command()(demo)
+app.command()(up)
+app.command()(down)
+app.command()(sql)
+app.add_typer(cluster_app, name="cluster")
 
 
 @app.callback()

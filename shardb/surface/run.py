@@ -10,6 +10,7 @@ errors to ``err`` (stderr), so ``shardb cluster ranges --json > ranges.json`` is
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, cast
 
 import structlog
 import trio
@@ -79,6 +80,17 @@ STATUS_COLUMNS: Final = (
 # --- plumbing -------------------------------------------------------------------------------
 
 
+class _CurrentStderr(io.TextIOBase):
+    """Whatever ``sys.stderr`` is when a line is written (not when logging was configured):
+    a command run in-process (tests, embedding) may swap stderr between invocations."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def quiet_logs(stream: TextIO | None = None) -> None:
     """Library warnings to stderr, nothing below warning: stdout is for data only."""
     if structlog.is_configured():
@@ -89,7 +101,7 @@ def quiet_logs(stream: TextIO | None = None) -> None:
             structlog.dev.ConsoleRenderer(colors=False),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or cast(TextIO, _CurrentStderr())),
     )
 
 

@@ -202,6 +202,22 @@ class ClientServer:
         self.closed_malformed = 0
 
     async def handle(self, stream: trio.SocketStream) -> None:
+        """Serve one connection. Nothing that happens on it may stop the node: the peer
+        going away (reset, EOF) ends it quietly, and any other error is logged and ends only
+        this connection. The tasks of a connection run in a nursery, so errors arrive as
+        exception groups (hence ``except*``)."""
+        try:
+            await self._handle(stream)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client went away; its in-flight requests simply lose their replies
+        except* Exception as group:
+            self._log.warning(
+                "client_connection_failed",
+                error=repr(group.exceptions[0]),
+                exc_info=group.exceptions[0],
+            )
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
         self.connections += 1
         unpacker = p.new_unpacker(self._max_request_bytes)
         writer = p.CoalescingWriter(stream)
@@ -260,7 +276,7 @@ class ClientServer:
                 finally:
                     nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass  # the client went away; its in-flight requests simply lose their replies
+            pass  # raised outside the nursery (closing the stream): the client went away
 
     async def _next(self, stream: trio.SocketStream, unpacker: msgpack.Unpacker) -> Any:
         """The next msgpack object, or None when the client closed cleanly."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import struct
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -191,3 +192,25 @@ async def test_application_ops_are_served_and_their_errors_keep_code_and_details
         assert failed.value.message == "no such table: t"
         assert failed.value.details == {"statement": "SELECT 1"}
         assert await client.status(1)  # the node's own ops still answer
+
+
+async def test_a_client_resetting_mid_reply_ends_only_its_connection(tmp_path: Path) -> None:
+    """A peer that resets the connection while replies are being written (an abortive close,
+    RST) must not take the node down: the error surfaces inside the connection's nursery as an
+    exception group, and it ends that connection only."""
+    import socket
+
+    async with served_cluster(tmp_path) as (cluster, addresses):
+        await cluster.create_group(1, "raft")
+        await cluster.wait_leader(1)
+        for _ in range(20):
+            stream = await trio.open_tcp_stream(*addresses[1])
+            await stream.send_all(HELLO)
+            requests = b"".join(p.pack({"id": i, "op": "status", "args": {}}) for i in range(200))
+            await stream.send_all(requests)
+            # SO_LINGER 0: close() sends a reset instead of a FIN.
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await stream.aclose()
+        async with open_client(addresses) as client:
+            await client.put(1, "k", "still serving")
+            assert await client.get(1, "k") == b"still serving"

@@ -22,6 +22,7 @@ from consensus.sim import FaultProfile, SimConfig, SimResult, run
 from consensus.sim.multigroup import MultiSimConfig, MultiSimResult, SimBackend, run_multi
 from shardb.server.process import node_app
 from shardb.surface.cli import cluster_app, demo, down, sql, up
+from shardb.workload_cli import bench_app, workload_app
 
 app = typer.Typer(
     name="shardb",
@@ -38,6 +39,8 @@ app.command()(up)
 app.command()(down)
 app.command()(sql)
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(workload_app, name="workload")
+app.add_typer(bench_app, name="bench")
 
 
 @app.callback()

@@ -162,7 +162,7 @@ class _Lost(Exception):
     """The connection broke while the request may have been on its way or being served."""
 
 
-class AsyncConnection:
+class AsyncConnection(wire.StatementSettings):
     """A connection to a shardb cluster through its gateways; use ``open_connection``."""
 
     def __init__(
@@ -179,8 +179,7 @@ class AsyncConnection:
             raise InterfaceError("need at least one gateway address")
         self.addresses: tuple[Address, ...] = tuple(addresses)
         self._nursery = nursery
-        self._consistency = wire.check_consistency(consistency)
-        self._timeout = wire.check_timeout(timeout)
+        self._init_settings(consistency, timeout)
         self.trace = trace
         """Ask the gateway for a routing and timing trace with every statement."""
         self.max_staleness_ms = max_staleness_ms
@@ -193,24 +192,6 @@ class AsyncConnection:
         self._closed = False
 
     # ------------------------------------------------------------------ settings
-
-    @property
-    def consistency(self) -> str:
-        """``linearizable`` (default), ``lease`` or ``stale``; applies to later statements."""
-        return self._consistency
-
-    @consistency.setter
-    def consistency(self, value: str) -> None:
-        self._consistency = wire.check_consistency(value)
-
-    @property
-    def timeout(self) -> float:
-        """Seconds one statement may take, failover and retries included."""
-        return self._timeout
-
-    @timeout.setter
-    def timeout(self, value: float) -> None:
-        self._timeout = wire.check_timeout(value)
 
     @property
     def closed(self) -> bool:

@@ -245,7 +245,7 @@ class _Link:
             self.closing_error = error_from_reply(obj.get("error"))
 
 
-class Connection:
+class Connection(wire.StatementSettings):
     """A DB-API connection; create with ``connect``."""
 
     # PEP 249 optional extension: the exceptions as connection attributes.
@@ -270,8 +270,7 @@ class Connection:
         max_staleness_ms: int | None = None,
     ) -> None:
         self.addresses: tuple[Address, ...] = wire.parse_addresses(address)
-        self._consistency = wire.check_consistency(consistency)
-        self._timeout = wire.check_timeout(timeout)
+        self._init_settings(consistency, timeout)
         self.trace = trace
         """Ask the gateway for a routing and timing trace with every statement."""
         self.max_staleness_ms = max_staleness_ms
@@ -325,24 +324,6 @@ class Connection:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    @property
-    def consistency(self) -> str:
-        """``linearizable`` (default), ``lease`` or ``stale``; applies to later statements."""
-        return self._consistency
-
-    @consistency.setter
-    def consistency(self, value: str) -> None:
-        self._consistency = wire.check_consistency(value)
-
-    @property
-    def timeout(self) -> float:
-        """Seconds one statement may take, failover and retries included."""
-        return self._timeout
-
-    @timeout.setter
-    def timeout(self, value: float) -> None:
-        self._timeout = wire.check_timeout(value)
 
     @property
     def gateway(self) -> Address | None:

@@ -414,3 +414,33 @@ def deadline_error(timeout_s: float, last: Error | None) -> Error:
     if last is not None:
         message += f" (last error: {last.code}: {last.message})"
     return OperationalError(message, code=TIMEOUT)
+
+
+class StatementSettings:
+    """What every statement of a connection is sent with; shared by the async client and the
+    DB-API driver so both validate their settings the same way."""
+
+    _consistency: str
+    _timeout: float
+
+    def _init_settings(self, consistency: str, timeout: float) -> None:
+        self._consistency = check_consistency(consistency)
+        self._timeout = check_timeout(timeout)
+
+    @property
+    def consistency(self) -> str:
+        """``linearizable`` (default), ``lease`` or ``stale``; applies to later statements."""
+        return self._consistency
+
+    @consistency.setter
+    def consistency(self, value: str) -> None:
+        self._consistency = check_consistency(value)
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one statement may take, failover and retries included."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        self._timeout = check_timeout(value)

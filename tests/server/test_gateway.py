@@ -171,3 +171,17 @@ async def test_a_range_past_the_size_threshold_splits_by_itself(tmp_path: Path) 
             while len((await cluster.sql("SHOW RANGES FROM TABLE a"))["rows"]) < 2:
                 await trio.sleep(0.1)
         assert (await cluster.sql("SELECT count(*), sum(k) FROM a"))["rows"] == [[100, 4950]]
+
+
+async def test_cached_analysis_follows_catalog_changes(tmp_path: Path) -> None:
+    """The same statement text is analyzed once per catalog; a table dropped and re-created
+    with other columns is seen by the very next statement, not the cached analysis."""
+    async with shard_cluster(tmp_path) as cluster:
+        await cluster.sql("CREATE TABLE c (k INTEGER PRIMARY KEY, v TEXT)")
+        text = "SELECT * FROM c WHERE k = ?"
+        await cluster.sql("INSERT INTO c VALUES (1, 'one')")
+        assert (await cluster.sql(text, [1]))["columns"] == ["k", "v"]
+        await cluster.sql("DROP TABLE c")
+        await cluster.sql("CREATE TABLE c (k INTEGER PRIMARY KEY, v TEXT, w INTEGER)")
+        await cluster.sql("INSERT INTO c VALUES (1, 'one', 2)")
+        assert (await cluster.sql(text, [1]))["rows"] == [[1, "one", 2]]

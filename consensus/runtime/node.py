@@ -307,6 +307,9 @@ class _Read:
     waiter: _Waiter
     index: Index | None = None
     """Set when the read barrier passed: serve once applied reaches it."""
+    term: Term | None = None
+    """The leader's term (Paxos: promised ballot) when the barrier was requested: a read
+    outlives only the leadership it was asked of (``Node._fail_deposed_reads``)."""
 
 
 @dataclass(slots=True)
@@ -734,11 +737,12 @@ class Node:
             await self._handle_ready(host.ready())
 
     def _fail_deposed_reads(self) -> None:
-        """Fail the read barriers of groups this node no longer leads. A leader that steps
-        down (CheckQuorum, a higher term) forgets its pending ReadIndex requests: without this
-        they would wait for their deadline although they can never pass here, and a client
-        cut off from the new leader's side would not learn to go there. Once per tick, only
-        for groups with reads pending."""
+        """Fail the read barriers of groups this node no longer leads, or leads in a later
+        term than when the read was asked. A leader that steps down (CheckQuorum, a higher
+        term) forgets its pending ReadIndex requests: without this they would wait for their
+        deadline although they can never pass here, and a client cut off from the new
+        leader's side would not learn to go there. Once per tick, only for groups with reads
+        pending."""
         roles: dict[GroupId, Status | None] = {}
         for request_id, read in list(self._reads.items()):
             group_id = read.group_id
@@ -748,7 +752,9 @@ class Node:
                 except UnknownGroup:
                     roles[group_id] = None
             st = roles[group_id]
-            if st is None or st.role is not Role.LEADER:
+            # Not leading now, or leading again after a step-down in between: either way the
+            # core dropped this barrier with the leadership it was asked of.
+            if st is None or st.role is not Role.LEADER or st.term != read.term:
                 del self._reads[request_id]
                 hint = st.leader if st is not None else NodeId(0)
                 read.waiter.fail(NotLeader(hint))
@@ -799,6 +805,7 @@ class Node:
                 except (NotLeader, ProposalDropped, UnknownGroup) as exc:
                     waiter.fail(exc)
                     return
+                request.term = host.status(group_id).term
                 self._reads[request_id] = request
             case _AddGroup(group_id=group_id, backend=backend, conf=conf, waiter=waiter):
                 try:

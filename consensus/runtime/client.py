@@ -110,12 +110,14 @@ class Client:
         nursery: trio.Nursery,
         *,
         timeout_s: float,
+        token: str | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("need at least one node address")
         self._addresses = dict(addresses)
         self._nursery = nursery
         self._timeout_s = timeout_s
+        self._token = token
         self._connections: dict[int, _Connection] = {}
         self._dialing: dict[int, trio.Event] = {}
         self._leaders: dict[int, int] = {}
@@ -303,9 +305,7 @@ class Client:
             done.set()
 
     async def _handshake(self, node: int, stream: trio.SocketStream) -> _Connection:
-        await stream.send_all(
-            p.pack({"hello": p.PROTOCOL_NAME, "version": p.CLIENT_PROTOCOL_VERSION})
-        )
+        await stream.send_all(p.pack(p.hello_request(self._token)))
         unpacker = p.new_unpacker(p.MAX_RESPONSE_BYTES)
         while True:
             data = await stream.receive_some(4096)
@@ -331,12 +331,17 @@ def _b(value: bytes | str) -> bytes:
 
 @asynccontextmanager
 async def open_client(
-    addresses: Mapping[int, tuple[str, int]], *, timeout_s: float = 10.0
+    addresses: Mapping[int, tuple[str, int]],
+    *,
+    timeout_s: float = 10.0,
+    token: str | None = None,
 ) -> AsyncIterator[Client]:
+    """A client for the nodes at ``addresses``; ``token`` (default ``$SHARDB_TOKEN``) is sent
+    in the hello to nodes that require one."""
     if not math.isfinite(timeout_s) or timeout_s <= 0:
         raise ValueError("timeout_s must be positive")
     async with trio.open_nursery() as nursery:
-        client = Client(addresses, nursery, timeout_s=timeout_s)
+        client = Client(addresses, nursery, timeout_s=timeout_s, token=token)
         try:
             yield client
         finally:

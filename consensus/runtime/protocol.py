@@ -19,6 +19,7 @@ nonsense is buggy or hostile, and the node must not spend more on it.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Final
 
 import msgpack
@@ -56,6 +57,21 @@ UNKNOWN_GROUP: Final = "unknown_group"
 BAD_REQUEST: Final = "bad_request"
 VERSION_MISMATCH: Final = "version_mismatch"
 INTERNAL: Final = "internal"
+
+
+TOKEN_ENV: Final = "SHARDB_TOKEN"
+"""Environment variable holding the client token (nodes started with one refuse clients
+without it; clients send it when set)."""
+
+
+def hello_request(token: str | None = None) -> dict[str, Any]:
+    """A client's hello; ``token`` defaults to ``$SHARDB_TOKEN`` (sent only when set)."""
+    hello: dict[str, Any] = {"hello": PROTOCOL_NAME, "version": CLIENT_PROTOCOL_VERSION}
+    if token is None:
+        token = os.environ.get(TOKEN_ENV) or None
+    if token is not None:
+        hello["token"] = token
+    return hello
 
 
 def pack(obj: Any) -> bytes:

@@ -14,6 +14,7 @@ is logged and answered as ``internal``.
 from __future__ import annotations
 
 import contextlib
+import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -190,8 +191,10 @@ class ClientServer:
         *,
         max_request_bytes: int = p.MAX_REQUEST_BYTES,
         ops: Mapping[str, OpHandler] | None = None,
+        token: str | None = None,
     ) -> None:
         self._node = node
+        self._token = token
         self._ops: dict[str, OpHandler] = dict(ops or {})
         clash = sorted(set(self._ops) & set(p.OPS))
         if clash:
@@ -298,6 +301,17 @@ class ClientServer:
     def _check_hello(self, hello: Any) -> None:
         if not isinstance(hello, dict) or hello.get("hello") != p.PROTOCOL_NAME:
             raise _BadRequest("expected a hello")
+        if self._token is not None:
+            supplied = hello.get("token")
+            # Constant-time compare: the reply must not reveal how much of a guess matched.
+            if not isinstance(supplied, str) or not hmac.compare_digest(
+                supplied.encode(), self._token.encode()
+            ):
+                carried = "a wrong" if supplied else "no"
+                raise _BadRequest(
+                    f"authentication failed: this node requires a client token "
+                    f"(${p.TOKEN_ENV}) and the hello carried {carried} token"
+                )
         if hello.get("version") != p.CLIENT_PROTOCOL_VERSION:
             raise _BadRequest(
                 f"client protocol version {hello.get('version')!r} is not supported; "
@@ -486,10 +500,11 @@ async def open_client_server(
     *,
     max_request_bytes: int = p.MAX_REQUEST_BYTES,
     ops: Mapping[str, OpHandler] | None = None,
+    token: str | None = None,
 ) -> AsyncIterator[tuple[str, int]]:
     """Serve ``node``'s client port (plus the application ``ops``); yields the bound
     address. Connections are cancelled on exit."""
-    server = ClientServer(node, max_request_bytes=max_request_bytes, ops=ops)
+    server = ClientServer(node, max_request_bytes=max_request_bytes, ops=ops, token=token)
     listeners = await trio.open_tcp_listeners(port, host=host)
     sockname = listeners[0].socket.getsockname()
     address = (str(sockname[0]), int(sockname[1]))

@@ -174,12 +174,15 @@ class AsyncConnection(wire.StatementSettings):
         timeout: float = wire.DEFAULT_TIMEOUT_S,
         trace: bool = False,
         max_staleness_ms: int | None = None,
+        token: str | None = None,
     ) -> None:
         if not addresses:
             raise InterfaceError("need at least one gateway address")
         self.addresses: tuple[Address, ...] = tuple(addresses)
         self._nursery = nursery
         self._init_settings(consistency, timeout)
+        self._token = token
+        """Client token sent in the hello (None: ``$SHARDB_TOKEN`` if set)."""
         self.trace = trace
         """Ask the gateway for a routing and timing trace with every statement."""
         self.max_staleness_ms = max_staleness_ms
@@ -392,7 +395,7 @@ class AsyncConnection(wire.StatementSettings):
         try:
             with trio.fail_after(budget_s):
                 stream = await trio.open_tcp_stream(*address)
-                await stream.send_all(p.pack(wire.hello_request()))
+                await stream.send_all(p.pack(wire.hello_request(self._token)))
                 unpacker = p.new_unpacker(p.MAX_RESPONSE_BYTES)
                 hello: wire.Hello | None = None
                 while hello is None:
@@ -436,6 +439,7 @@ async def open_connection(
     timeout: float = wire.DEFAULT_TIMEOUT_S,
     trace: bool = False,
     max_staleness_ms: int | None = None,
+    token: str | None = None,
 ) -> AsyncIterator[AsyncConnection]:
     """Connect to the first reachable gateway of ``address`` (``"host:port"``, a
     ``(host, port)`` pair or a list of them, tried in order) and yield the connection.
@@ -450,6 +454,7 @@ async def open_connection(
                 timeout=timeout,
                 trace=trace,
                 max_staleness_ms=max_staleness_ms,
+                token=token,
             )
             try:
                 await conn._open()

@@ -268,9 +268,12 @@ class Connection(wire.StatementSettings):
         timeout: float = wire.DEFAULT_TIMEOUT_S,
         trace: bool = False,
         max_staleness_ms: int | None = None,
+        token: str | None = None,
     ) -> None:
         self.addresses: tuple[Address, ...] = wire.parse_addresses(address)
         self._init_settings(consistency, timeout)
+        self._token = token
+        """Client token sent in the hello (None: ``$SHARDB_TOKEN`` if set)."""
         self.trace = trace
         """Ask the gateway for a routing and timing trace with every statement."""
         self.max_staleness_ms = max_staleness_ms
@@ -469,7 +472,7 @@ class Connection(wire.StatementSettings):
         try:
             sock = socket.create_connection(address, timeout=budget_s)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(p.pack(wire.hello_request()))
+            sock.sendall(p.pack(wire.hello_request(self._token)))
             unpacker = p.new_unpacker(p.MAX_RESPONSE_BYTES)
             while True:
                 data = sock.recv(4096)
@@ -692,6 +695,7 @@ def connect(
     timeout: float = wire.DEFAULT_TIMEOUT_S,
     trace: bool = False,
     max_staleness_ms: int | None = None,
+    token: str | None = None,
 ) -> Connection:
     """Connect to the first reachable gateway of ``address`` (``"host:port"``, a
     ``(host, port)`` pair or a list of them, tried in order). Raises ``OperationalError``
@@ -702,4 +706,5 @@ def connect(
         timeout=timeout,
         trace=trace,
         max_staleness_ms=max_staleness_ms,
+        token=token,
     )

@@ -243,8 +243,9 @@ def encode_request(request_id: int, op: str, args: dict[str, Any]) -> tuple[dict
     return request, size
 
 
-def hello_request() -> dict[str, Any]:
-    return {"hello": p.PROTOCOL_NAME, "version": p.CLIENT_PROTOCOL_VERSION}
+def hello_request(token: str | None = None) -> dict[str, Any]:
+    """The hello; ``token`` defaults to ``$SHARDB_TOKEN`` (sent only when set)."""
+    return p.hello_request(token)
 
 
 def check_hello(obj: Any, address: Address, expected_cluster: str | None) -> Hello:

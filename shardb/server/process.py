@@ -52,6 +52,13 @@ def start(
             "--allow-faults", help="Accept fault injection on the admin endpoint (tests, demos)."
         ),
     ] = False,
+    client_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SHARDB_TOKEN",
+            help="Require this token in every client's hello (clients send $SHARDB_TOKEN).",
+        ),
+    ] = None,
     kv: Annotated[
         bool, typer.Option("--kv", help="Run the bare key-value runtime node instead.")
     ] = False,
@@ -77,6 +84,7 @@ def start(
             peer_clients={n: a for n, a in client_map.items() if n != node_id},
             gateway=GatewayConfig(default_backend=backend, replication_factor=replication),
             split_rows=split_rows,
+            client_token=client_token or None,
         )
         log = structlog.get_logger("shardb.server.process")
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

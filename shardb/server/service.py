@@ -72,6 +72,9 @@ class ShardNodeConfig:
     split_rows: int = 0
     """Split a range past this many rows (0 = no automatic splits)."""
     split_check_s: float = 2.0
+    client_token: str | None = None
+    """Clients (and other nodes' gateways) must send this token in their hello; None = no
+    authentication (bind the client port to a private network then)."""
     leader_balance_s: float = 2.0
     """How often a leader hands ranges to their hinted replicas (0 = never)."""
 
@@ -366,12 +369,18 @@ async def open_shard_node(
     ):
         client_book = dict(config.peer_clients)
         async with open_client(
-            client_book or {int(node.node_id): ("127.0.0.1", 1)}, timeout_s=10.0
+            client_book or {int(node.node_id): ("127.0.0.1", 1)},
+            timeout_s=10.0,
+            token=config.client_token,
         ) as client:
             access = GroupAccess(node, client)
             gateway = Gateway(access, config=config.gateway, logger=log)
             async with open_client_server(
-                node, config.client_host, config.client_port, ops=sql_ops(gateway)
+                node,
+                config.client_host,
+                config.client_port,
+                ops=sql_ops(gateway),
+                token=config.client_token,
             ) as bound:
                 book = {**client_book, int(node.node_id): bound}
                 access.set_addresses(book)

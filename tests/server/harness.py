@@ -56,6 +56,7 @@ async def shard_cluster(
     split_rows: int = 0,
     allow_faults: bool = False,
     leader_balance_s: float = 2.0,
+    client_token: str | None = None,
 ) -> AsyncIterator[ShardCluster]:
     ports = free_ports(2 * n)
     peers = {NodeId(i): ("127.0.0.1", ports[i - 1]) for i in range(1, n + 1)}
@@ -82,6 +83,7 @@ async def shard_cluster(
                 split_rows=split_rows,
                 split_check_s=0.5,
                 leader_balance_s=leader_balance_s,
+                client_token=client_token,
             )
             stop = trio.Event()
             stops.append(stop)
@@ -100,7 +102,7 @@ async def shard_cluster(
         with trio.fail_after(60):
             for shard in nodes.values():
                 await shard.joined.wait()
-        async with open_client(clients, timeout_s=30.0) as client:
+        async with open_client(clients, timeout_s=30.0, token=client_token) as client:
             try:
                 yield ShardCluster(nodes=nodes, client=client, addresses=clients)
             finally:

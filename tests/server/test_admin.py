@@ -102,3 +102,29 @@ async def test_an_isolated_leader_loses_its_ranges_and_heals(tmp_path: Path) -> 
                 await trio.sleep(0.05)
         jumped = await cluster.client.call(1, "fault", {"kind": "clock_jump", "jump_ms": 300})
         assert jumped["faults"]["blocked"] == []
+
+
+async def test_a_node_with_a_client_token_refuses_hellos_without_it(tmp_path: Path) -> None:
+    """Optional token authentication: with a token configured, a client must present it;
+    a missing or wrong one gets a clear error and the connection is closed. Gateways use the
+    same token to reach the other nodes."""
+    import shardb
+
+    async with shard_cluster(tmp_path, client_token="s3cret") as cluster:
+        await cluster.sql("CREATE TABLE t (k INTEGER PRIMARY KEY, v)", node=2)
+        await cluster.sql("INSERT INTO t VALUES (1, 'x')", node=3)
+        host, port = cluster.addresses[1]
+        address = f"{host}:{port}"
+
+        def attempt(token: str | None) -> str:
+            try:
+                with shardb.connect(address, token=token, timeout=5) as conn:
+                    rows = conn.cursor().execute("SELECT v FROM t").fetchall()
+                    return f"rows {rows}"
+            except shardb.Error as exc:
+                return str(exc)
+
+        assert await trio.to_thread.run_sync(attempt, "s3cret") == "rows [('x',)]"
+        for bad in (None, "guess"):
+            message = await trio.to_thread.run_sync(attempt, bad)
+            assert "authentication failed" in message, message

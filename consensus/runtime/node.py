@@ -520,6 +520,10 @@ class Node:
         self._clock_jump_s += seconds
         self._wake()
 
+    def suspected_peers(self) -> tuple[NodeId, ...]:
+        """Peer nodes this node has not heard from for ``node_dead_ticks`` (host liveness)."""
+        return self._host.suspected_peers()
+
     def group_ids(self) -> tuple[GroupId, ...]:
         return self._host.group_ids()
 

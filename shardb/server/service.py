@@ -42,7 +42,7 @@ from consensus.runtime.node import Node, NodeConfig, open_node
 from consensus.runtime.server import open_client_server
 from consensus.types import NodeId
 from shardb.placement.descriptors import Key, RangeDescriptor
-from shardb.placement.meta import META_GROUP_ID, MetaState, NodeJoined
+from shardb.placement.meta import META_GROUP_ID, MetaCommand, MetaState, NodeDown, NodeJoined
 from shardb.server.gateway import Gateway, GatewayConfig, table_schemas
 from shardb.server.groups import GroupAccess
 from shardb.server.ops import sql_ops
@@ -76,6 +76,8 @@ class ShardNodeConfig:
     """Clients (and other nodes' gateways) must send this token in their hello; None = no
     authentication (bind the client port to a private network then)."""
     leader_balance_s: float = 2.0
+    node_down_after_s: float = 10.0
+    """The meta leader marks a node down after suspecting it this long (0 = never)."""
     """How often a leader hands ranges to their hinted replicas (0 = never)."""
 
 
@@ -226,6 +228,49 @@ class ShardNode:
             await self.gateway.apply_split(parent, left, right, trio.current_time() + 5.0)
         except ApplicationError as exc:
             self._log.info("split_repair_failed", error=exc.message)
+
+    # ----------------------------------------------------------------- node liveness
+
+    async def watch_nodes_forever(self) -> None:
+        """On the meta group's leader: mark a node down in the meta group once this node
+        has suspected it (no node heartbeat) for ``node_down_after_s``, and alive again when
+        it is heard from. shardb_nodes shows it, and leaders are no longer handed to it."""
+        if self.config.node_down_after_s <= 0:
+            return
+        suspected_since: dict[int, float] = {}
+        while True:
+            await trio.sleep(min(1.0, self.config.node_down_after_s / 4))
+            meta = self.gateway.meta
+            if (
+                meta is None
+                or META_GROUP_ID not in self.node.group_ids()
+                or self.node.status(META_GROUP_ID).role is not Role.LEADER
+            ):
+                suspected_since.clear()
+                continue
+            now = trio.current_time()
+            suspected = {int(n) for n in self.node.suspected_peers()}
+            for node in sorted(suspected - set(suspected_since)):
+                suspected_since[node] = now
+            for node in [n for n in suspected_since if n not in suspected]:
+                del suspected_since[node]
+            for info in meta.nodes():
+                nid = int(info.node_id)
+                command: MetaCommand | None = None
+                if (
+                    info.alive
+                    and now - suspected_since.get(nid, now) >= self.config.node_down_after_s
+                ):
+                    command = NodeDown(node_id=info.node_id)
+                elif not info.alive and nid not in suspected and nid != int(self.node_id):
+                    command = NodeJoined(node_id=info.node_id, address=info.address)
+                if command is None:
+                    continue
+                try:
+                    await self.gateway.propose_meta(command, trio.current_time() + 5.0)
+                    self._log.info("node_liveness_recorded", node=nid, alive=not info.alive)
+                except (ApplicationError, ClientError, NodeError) as exc:
+                    self._log.info("node_liveness_failed", node=nid, error=str(exc))
 
     # ----------------------------------------------------------------- leader balance
 
@@ -391,6 +436,7 @@ async def open_shard_node(
                 nursery.start_soon(shard.reconcile_forever)
                 nursery.start_soon(shard.split_forever)
                 nursery.start_soon(shard.balance_leaders_forever)
+                nursery.start_soon(shard.watch_nodes_forever)
                 log.info("shard_node_ready", client=list(bound), groups=len(node.group_ids()))
                 try:
                     yield shard

@@ -57,6 +57,7 @@ async def shard_cluster(
     allow_faults: bool = False,
     leader_balance_s: float = 2.0,
     client_token: str | None = None,
+    node_down_after_s: float = 10.0,
 ) -> AsyncIterator[ShardCluster]:
     ports = free_ports(2 * n)
     peers = {NodeId(i): ("127.0.0.1", ports[i - 1]) for i in range(1, n + 1)}
@@ -84,6 +85,7 @@ async def shard_cluster(
                 split_check_s=0.5,
                 leader_balance_s=leader_balance_s,
                 client_token=client_token,
+                node_down_after_s=node_down_after_s,
             )
             stop = trio.Event()
             stops.append(stop)

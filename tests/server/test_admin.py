@@ -128,3 +128,25 @@ async def test_a_node_with_a_client_token_refuses_hellos_without_it(tmp_path: Pa
         for bad in (None, "guess"):
             message = await trio.to_thread.run_sync(attempt, bad)
             assert "authentication failed" in message, message
+
+
+async def test_a_silent_node_is_marked_down_and_alive_again_when_heard(tmp_path: Path) -> None:
+    """The meta leader records liveness: a node unheard for node_down_after_s shows as down
+    in shardb_nodes, and alive again once its links heal."""
+    async with shard_cluster(tmp_path, allow_faults=True, node_down_after_s=1.0) as cluster:
+        await cluster.client.call(3, "fault", {"kind": "block", "peers": [1, 2]})
+        for node in (1, 2):
+            await cluster.client.call(node, "fault", {"kind": "block", "peers": [3]})
+
+        async def alive(node: int) -> int:
+            rows = await cluster.sql("SELECT node_id, alive FROM shardb_nodes", node=1)
+            return dict(map(tuple, rows["rows"]))[node]  # type: ignore[no-any-return]
+
+        with trio.fail_after(30):
+            while await alive(3) != 0:
+                await trio.sleep(0.1)
+        for node in (1, 2, 3):
+            await cluster.client.call(node, "fault", {"kind": "heal"})
+        with trio.fail_after(30):
+            while await alive(3) != 1:
+                await trio.sleep(0.1)

@@ -396,6 +396,7 @@ class Gateway:
         consistency: Consistency = Consistency.LINEARIZABLE,
         timeout: float = 10.0,
         trace: Trace | None = None,
+        max_staleness_ms: float | None = None,
     ) -> Answer:
         trace = trace if trace is not None else Trace()
         started = time.perf_counter()
@@ -431,7 +432,9 @@ class Gateway:
                     raise
                 trace.parse_ms += (time.perf_counter() - t0) * 1000
                 try:
-                    return await self._run(statement, params, meta, consistency, deadline, trace)
+                    return await self._run(
+                        statement, params, meta, consistency, deadline, trace, max_staleness_ms
+                    )
                 except _StaleRoute:
                     trace.retries += 1
                     await trio.sleep(self._config.retry_pause_s * attempt)
@@ -472,6 +475,7 @@ class Gateway:
         consistency: Consistency,
         deadline: float,
         trace: Trace,
+        max_staleness_ms: float | None = None,
     ) -> Answer:
         match statement:
             case CreateTable():
@@ -481,7 +485,9 @@ class Gateway:
             case CreateIndex() | DropIndex():
                 return await self._index_ddl(statement, meta, deadline)
             case Select():
-                return await self._select(statement, params, meta, consistency, deadline, trace)
+                return await self._select(
+                    statement, params, meta, consistency, deadline, trace, max_staleness_ms
+                )
             case Insert() | Update() | Delete():
                 return await self._write(statement, params, meta, deadline, trace)
             case Explain():
@@ -518,6 +524,7 @@ class Gateway:
         consistency: Consistency,
         deadline: float,
         trace: Trace,
+        max_staleness_ms: float | None = None,
     ) -> Answer:
         t0 = time.perf_counter()
         planned = route(statement, params, meta.range_map(statement.table.name))
@@ -529,7 +536,9 @@ class Gateway:
 
         async def one(i: int, target: Target) -> None:
             query = encode_query(target.sql, target.params, target.range.epoch)
-            raw = await self._read(target.range.group_id, query, consistency, deadline)
+            raw = await self._read(
+                target.range.group_id, query, consistency, deadline, max_staleness_ms
+            )
             result = decode_result(raw)
             if result["ok"]:
                 results[i] = [tuple(r) for r in result["rows"]]
@@ -548,10 +557,17 @@ class Gateway:
         return _answer("select", merged)
 
     async def _read(
-        self, group_id: GroupId, query: bytes, consistency: Consistency, deadline: float
+        self,
+        group_id: GroupId,
+        query: bytes,
+        consistency: Consistency,
+        deadline: float,
+        max_staleness_ms: float | None = None,
     ) -> bytes:
         if consistency is Consistency.STALE:
-            local = await self._access.read_local(group_id, query)
+            local = await self._access.read_local(
+                group_id, query, max_staleness_ms=max_staleness_ms
+            )
             if local is not None:
                 result = decode_result(local)
                 # A replica that has not applied the range's latest epoch answers

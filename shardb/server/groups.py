@@ -101,9 +101,34 @@ class GroupAccess:
         )
         return _bytes(reply)
 
-    async def read_local(self, group_id: GroupId, query: bytes) -> bytes | None:
-        """A stale read of this node's own replica (no barrier), or None if it has none."""
+    def staleness_bound_ms(self) -> float:
+        """How far behind its leader a replica that passes ``_fresh_enough`` can be: it has
+        heard from the leader's node within the host's dead-node time, and it has applied
+        everything it knows to be committed."""
+        config = self._node.config
+        return float(
+            (config.node_dead_ticks + config.heartbeat_interval_ticks) * config.tick_interval_ms
+        )
+
+    def _fresh_enough(self, group_id: GroupId) -> bool:
+        st = self._node.status(group_id)
+        if st.leader == 0 or st.applied < st.commit:
+            return False
+        if st.leader == self._node.node_id:
+            return True
+        return st.leader not in self._node.suspected_peers()
+
+    async def read_local(
+        self, group_id: GroupId, query: bytes, *, max_staleness_ms: float | None = None
+    ) -> bytes | None:
+        """A stale read of this node's own replica (no barrier), or None when it has none or
+        cannot promise ``max_staleness_ms`` (a replica that lost its leader, or is applying
+        behind its commit index, or a bound tighter than ``staleness_bound_ms``)."""
         if group_id not in self._node.group_ids():
+            return None
+        if max_staleness_ms is not None and (
+            max_staleness_ms < self.staleness_bound_ms() or not self._fresh_enough(group_id)
+        ):
             return None
         sm = self._node.state_machine
         return await self._node.call_state_machine(sm.query, group_id, query)

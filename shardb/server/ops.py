@@ -54,11 +54,21 @@ def sql_ops(gateway: Gateway) -> dict[str, OpHandler]:
         consistency = _consistency(args)
         timeout = _timeout_s(args)
         want_trace = bool(args.get("trace", False))
+        staleness = args.get("max_staleness_ms")
+        if staleness is not None and (
+            not isinstance(staleness, int) or isinstance(staleness, bool) or staleness < 0
+        ):
+            raise BadRequest("max_staleness_ms must be a non-negative integer")
 
         async def run() -> dict[str, Any]:
             trace = Trace()
             answer = await gateway.execute(
-                text, params, consistency=consistency, timeout=timeout, trace=trace
+                text,
+                params,
+                consistency=consistency,
+                timeout=timeout,
+                trace=trace,
+                max_staleness_ms=staleness,
             )
             result = answer.as_dict()
             if want_trace:

@@ -150,3 +150,37 @@ async def test_a_silent_node_is_marked_down_and_alive_again_when_heard(tmp_path:
         with trio.fail_after(30):
             while await alive(3) != 1:
                 await trio.sleep(0.1)
+
+
+async def test_a_stale_read_with_a_bound_leaves_a_cut_off_replica_for_the_leader(
+    tmp_path: Path,
+) -> None:
+    """``stale`` reads come from the gateway's own replica; with ``max_staleness_ms`` only
+    while that replica can promise it (it hears from its leader and has applied what it
+    knows is committed). A replica cut off from its leader still answers unbounded stale
+    reads with its old value, but a bounded one goes to the leader."""
+    async with shard_cluster(tmp_path, allow_faults=True, leader_balance_s=0) as cluster:
+        await cluster.sql("CREATE TABLE s (k INTEGER PRIMARY KEY, v TEXT)")
+        await cluster.sql("INSERT INTO s VALUES (1, 'old')")
+        ((_range_id, leader),) = (await leaders(cluster, "s")).items()
+        reader = next(n for n in (1, 2, 3) if n != leader)
+        with trio.fail_after(30):  # the reader's replica has the row
+            while (await cluster.sql("SELECT v FROM s", node=reader, consistency="stale"))[
+                "rows"
+            ] != [["old"]]:
+                await trio.sleep(0.05)
+        others = [n for n in (1, 2, 3) if n != reader]
+        await cluster.client.call(reader, "fault", {"kind": "block", "peers": others})
+        for other in others:
+            await cluster.client.call(other, "fault", {"kind": "block", "peers": [reader]})
+        await cluster.sql("UPDATE s SET v = 'new' WHERE k = 1", node=leader)
+        with trio.fail_after(30):  # until the reader suspects its leader's node
+            while True:
+                bounded = await cluster.sql(
+                    "SELECT v FROM s", node=reader, consistency="stale", max_staleness_ms=5000
+                )
+                if bounded["rows"] == [["new"]]:
+                    break
+                await trio.sleep(0.05)
+        unbounded = await cluster.sql("SELECT v FROM s", node=reader, consistency="stale")
+        assert unbounded["rows"] == [["old"]]

@@ -41,6 +41,10 @@ def start(
     split_rows: Annotated[
         int, typer.Option(min=0, help="Split a range past this many rows (0: never).")
     ] = 0,
+    split_writes: Annotated[
+        float,
+        typer.Option(min=0, help="Split a range sustaining more writes/s than this (0: never)."),
+    ] = 0.0,
     tick_ms: Annotated[int, typer.Option(min=1, help="Milliseconds per logical tick.")] = 10,
     election_ticks: Annotated[int, typer.Option(min=2, help="Election timeout in ticks.")] = 20,
     snapshot_every: Annotated[
@@ -84,6 +88,7 @@ def start(
             peer_clients={n: a for n, a in client_map.items() if n != node_id},
             gateway=GatewayConfig(default_backend=backend, replication_factor=replication),
             split_rows=split_rows,
+            split_writes_per_s=split_writes,
             client_token=client_token or None,
         )
         log = structlog.get_logger("shardb.server.process")

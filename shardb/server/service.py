@@ -40,7 +40,7 @@ from consensus.runtime.errors import ApplicationError, NodeError
 from consensus.runtime.layout import LOG_FILE
 from consensus.runtime.node import Node, NodeConfig, open_node
 from consensus.runtime.server import open_client_server
-from consensus.types import NodeId
+from consensus.types import GroupId, NodeId
 from shardb.placement.descriptors import Key, RangeDescriptor
 from shardb.placement.meta import META_GROUP_ID, MetaCommand, MetaState, NodeDown, NodeJoined
 from shardb.server.gateway import Gateway, GatewayConfig, table_schemas
@@ -50,6 +50,8 @@ from shardb.sql.catalog import parse_create_table
 from shardb.statemachine.commands import decode_result, encode_query
 from shardb.statemachine.shard import ShardStateMachine
 
+HOT_CHECKS: Final = 3
+"""Consecutive split checks a range must be hot for: load, not a burst."""
 META_VOTERS: Final = 5
 """The meta group's size: the first (lowest id) initial nodes, at most this many."""
 
@@ -72,6 +74,10 @@ class ShardNodeConfig:
     split_rows: int = 0
     """Split a range past this many rows (0 = no automatic splits)."""
     split_check_s: float = 2.0
+    split_writes_per_s: float = 0.0
+    """Split a range whose leader commits more than this many entries per second for
+    ``HOT_CHECKS`` checks in a row (0 = never): a hot range is cut at its median key so its
+    halves can be led by different nodes."""
     client_token: str | None = None
     """Clients (and other nodes' gateways) must send this token in their hello; None = no
     authentication (bind the client port to a private network then)."""
@@ -98,6 +104,8 @@ class ShardNode:
         self.client_address = client_address
         self._log = log
         self._pending_since: dict[int, float] = {}
+        self._commit_seen: dict[GroupId, tuple[float, int]] = {}
+        self._hot_checks: dict[GroupId, int] = {}
         self.joined = trio.Event()
 
     @property
@@ -315,7 +323,7 @@ class ShardNode:
     # ----------------------------------------------------------------- splitter
 
     async def split_forever(self) -> None:
-        if self.config.split_rows <= 0:
+        if self.config.split_rows <= 0 and self.config.split_writes_per_s <= 0:
             return
         while True:
             await trio.sleep(self.config.split_check_s)
@@ -331,14 +339,36 @@ class ShardNode:
             gid = descriptor.group_id
             if gid not in node.group_ids() or node.status(gid).role is not Role.LEADER:
                 continue
+            # Load: committed entries per second since the last check, by the leader's commit
+            # index (writes and membership/no-op entries; reads do not enter the log).
+            now = trio.current_time()
+            commit = int(node.status(gid).commit)
+            previous = self._commit_seen.get(gid)
+            self._commit_seen[gid] = (now, commit)
+            rate = 0.0
+            if previous is not None and now > previous[0]:
+                rate = (commit - previous[1]) / (now - previous[0])
+            hot = 0 < self.config.split_writes_per_s <= rate
+            if hot:
+                self._hot_checks[gid] = self._hot_checks.get(gid, 0) + 1
+            else:
+                self._hot_checks.pop(gid, None)
+            sustained = self._hot_checks.get(gid, 0) >= HOT_CHECKS
             stats = await node.call_state_machine(self.sm.range_stats, gid)
-            if stats.rows <= self.config.split_rows:
+            big = 0 < self.config.split_rows < stats.rows
+            if not (big or sustained) or stats.rows < 2:
                 continue
             key = await self._median_key(descriptor, stats.rows)
             if key is None or key == descriptor.start_key:
                 continue
+            self._hot_checks.pop(gid, None)
             self._log.info(
-                "auto_split", range_id=descriptor.range_id, rows=stats.rows, split_key=key
+                "auto_split",
+                range_id=descriptor.range_id,
+                rows=stats.rows,
+                writes_per_s=round(rate, 1),
+                reason="size" if big else "load",
+                split_key=key,
             )
             await self.gateway.split(descriptor.table, key, trio.current_time() + 10.0)
 

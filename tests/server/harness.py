@@ -58,6 +58,7 @@ async def shard_cluster(
     leader_balance_s: float = 2.0,
     client_token: str | None = None,
     node_down_after_s: float = 10.0,
+    split_writes_per_s: float = 0.0,
 ) -> AsyncIterator[ShardCluster]:
     ports = free_ports(2 * n)
     peers = {NodeId(i): ("127.0.0.1", ports[i - 1]) for i in range(1, n + 1)}
@@ -86,6 +87,7 @@ async def shard_cluster(
                 leader_balance_s=leader_balance_s,
                 client_token=client_token,
                 node_down_after_s=node_down_after_s,
+                split_writes_per_s=split_writes_per_s,
             )
             stop = trio.Event()
             stops.append(stop)

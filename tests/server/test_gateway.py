@@ -185,3 +185,20 @@ async def test_cached_analysis_follows_catalog_changes(tmp_path: Path) -> None:
         await cluster.sql("CREATE TABLE c (k INTEGER PRIMARY KEY, v TEXT, w INTEGER)")
         await cluster.sql("INSERT INTO c VALUES (1, 'one', 2)")
         assert (await cluster.sql(text, [1]))["rows"] == [[1, "one", 2]]
+
+
+async def test_a_range_under_sustained_write_load_splits_by_itself(tmp_path: Path) -> None:
+    """The load rule of the placement driver: a range whose leader commits more than
+    ``split_writes_per_s`` for several checks in a row is cut at its median key."""
+    import trio
+
+    async with shard_cluster(tmp_path, split_writes_per_s=10.0) as cluster:
+        await cluster.sql("CREATE TABLE hot (k INTEGER PRIMARY KEY, v INTEGER)")
+        k = 0
+        with trio.fail_after(90):
+            while len((await cluster.sql("SHOW RANGES FROM TABLE hot"))["rows"]) < 2:
+                for _ in range(20):
+                    await cluster.sql("INSERT INTO hot VALUES (?, ?)", [k, k])
+                    k += 1
+        total = await cluster.sql("SELECT count(*), sum(k) FROM hot")
+        assert total["rows"] == [[k, k * (k - 1) // 2]]

@@ -16,8 +16,12 @@ subclass ``consensus.sim.eventloop.EventLoop``). What changes:
   quiesce *during* the faults, which is what lease reads across quiesce and wake need.
 * **Checkers run per group**: a ``SafetyChecker`` per group (election safety, log matching
   for Raft groups, leader completeness, state machine safety), and per group at the end:
-  liveness after healing (a probe write commits in every group), convergence, acknowledged
-  writes survive, failed writes are absent, no duplicate applies, linearizability per key.
+  liveness after healing (a probe write, retried promptly, commits in every group),
+  convergence, acknowledged writes survive, failed writes are absent, no duplicate applies,
+  linearizability per key. The end checks run only once every group has converged at the
+  same moment: no client operation outstanding, and every replica has learned and applied
+  its leader's commit index, which covers the leader's whole log (else a ``convergence``
+  violation, a liveness failure, once the bound passes).
 * **Quiescence is checked** after convergence: every group on every node must quiesce within
   ``quiesce_timeouts`` election timeouts, and then, for a window of ``quiet_window_ticks``
   ticks, the network must carry only ``NodeHeartbeat`` messages and no host may tick a group
@@ -54,7 +58,7 @@ from consensus.sim.faults import FaultKind, FaultProfile
 from consensus.sim.hostnode import GroupSpec, HostFactory, HostNode, default_host_factory
 from consensus.sim.linearizability import Outcome
 from consensus.sim.workload import Workload, WorkloadConfig
-from consensus.types import ConfState, GroupId, Message, NodeId, Term
+from consensus.types import NO_NODE, ConfState, GroupId, Index, Message, NodeId, Term
 
 _THINK_MAX_US = (20_000, 150_000, 600_000, 2_000_000)
 """Per-group upper bound of a client's pause between operations: busy groups never idle,
@@ -396,37 +400,63 @@ class MultiSimulation(EventLoop[MultiSimConfig, HostNode, MultiSimResult]):
     def _probes_done(self) -> bool:
         return all(w.probe_succeeded_us is not None for w in self.workloads.values())
 
+    def _leader_commit(self, gid: GroupId) -> Index | None:
+        """The commit index of ``gid``'s leader, if every live node names the same live
+        leader and that leader has committed its whole log (no write left over from the
+        fault phase still on its way to a quorum); else None."""
+        statuses = []
+        for node in self.nodes.values():
+            host = node.host
+            if host is None:
+                return None
+            statuses.append(host.status(gid))
+        leader = statuses[0].leader
+        if leader == NO_NODE or any(st.leader != leader for st in statuses):
+            return None
+        status = next((st for st in statuses if st.node_id == leader), None)
+        if status is None or status.role is not Role.LEADER:
+            return None
+        if status.commit != status.last_index:
+            return None
+        return status.commit
+
     def _converged(self, gid: GroupId) -> bool:
+        """Every node is up, the group's clients have nothing outstanding (so nothing new
+        can be proposed or acknowledged), and every replica has learned and applied the
+        leader's commit index, which covers the leader's whole log, with the same state."""
         probe = self.workloads[gid].probe_op
-        if probe is None:
+        if probe is None or self.workloads[gid].outstanding:
             return False
-        nodes = list(self.nodes.values())
-        if not all(n.alive for n in nodes):
+        commit = self._leader_commit(gid)
+        if commit is None:
             return False
-        replicas = [n.replicas[gid] for n in nodes]
-        applied = replicas[0].applied
-        if any(r.applied != applied for r in replicas):
+        for node in self.nodes.values():
+            host = node.host
+            if host is None or host.status(gid).commit != commit:
+                return False
+        replicas = [n.replicas[gid] for n in self.nodes.values()]
+        if any(r.applied != commit for r in replicas):
             return False
         if not all(r.kv.has_applied(probe.client, probe.seq) for r in replicas):
             return False
         image = replicas[0].kv.snapshot()
         return all(r.kv.snapshot() == image for r in replicas[1:])
 
+    def _unconverged(self) -> list[GroupId]:
+        return [gid for gid in self._group_ids if not self._converged(gid)]
+
     def _convergence_phase(self) -> bool:
+        """Drive the simulation until every group has converged AT ONCE, so that the end
+        checks, which run right after, see each group in a converged state: a group found
+        converged earlier may since have committed a leftover write on its leader only.
+        Not converging within the bound is a liveness failure of its own."""
         deadline = self._now + self._budget_us(self.config.liveness_timeouts)
-        pending = list(self._group_ids)
-
-        def all_converged() -> bool:
-            # A group that converged once is not checked again.
-            nonlocal pending
-            pending = [gid for gid in pending if not self._converged(gid)]
-            return not pending
-
-        if not self._step_until(all_converged, deadline):
+        if not self._step_until(lambda: not self._unconverged(), deadline):
             self._violate(
                 "convergence",
-                f"groups {pending} did not converge within {self.config.liveness_timeouts} "
-                "election timeouts after their probe writes committed",
+                f"groups {self._unconverged()} did not converge within "
+                f"{self.config.liveness_timeouts} election timeouts after their probe writes "
+                "committed (every replica applying the leader's whole committed log)",
             )
             return False
         return True

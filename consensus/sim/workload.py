@@ -10,7 +10,8 @@ times out. Other reads use ``read_index`` in SAFE or LEASE mode and are served f
 node's state machine once it has applied the read index.
 
 A *probe* client is used after the fault phase to measure liveness: it writes until one
-write succeeds.
+write succeeds, retrying after ``retry_us`` (never ``think_us``) when an attempt fails or
+times out.
 """
 
 from __future__ import annotations
@@ -173,6 +174,11 @@ class Workload:
         self.probe_started_us = self._cluster.now_us
         self._wake(client)
 
+    @property
+    def outstanding(self) -> int:
+        """Operations invoked and not yet resolved (each has a client timeout pending)."""
+        return sum(1 for client in self._clients if client.current is not None)
+
     def counts(self) -> dict[str, int]:
         counts = {outcome.value: 0 for outcome in Outcome}
         for op in self.history:
@@ -301,7 +307,13 @@ class Workload:
         client = self._clients[op.client]
         if client.current is op:
             client.current = None
-        if client.probe and outcome is Outcome.OK:
-            self.probe_succeeded_us = now
+        if client.probe:
+            if outcome is Outcome.OK:
+                self.probe_succeeded_us = now
+                return
+            # The probe measures how soon the healed cluster commits a write, so it retries
+            # promptly: a think-time pause (up to seconds for slow groups) would be charged
+            # to the liveness budget although the group was ready long before.
+            self._cluster.call_later(self._retry_delay(), self._wake, client)
             return
         self._cluster.call_later(self._think(), self._wake, client)

@@ -134,6 +134,10 @@ class Client:
             del self._connections[node]
         self._leaders = {g: n for g, n in self._leaders.items() if n in self._addresses}
 
+    def forget_leader(self, group: int) -> None:
+        """Drop the remembered leader of ``group`` (it stopped answering)."""
+        self._leaders.pop(group, None)
+
     def leader_hint(self, group: int) -> int | None:
         """The node that last answered for ``group`` as its leader, if any."""
         return self._leaders.get(group)

@@ -24,6 +24,7 @@ from consensus.types import GroupId
 # A local refusal that says nothing was proposed: go through the client path, which follows
 # leader hints and retries "dropped" (a transfer in progress) with backoff until the deadline.
 _LOCAL_FALLBACK: Final = (NotLeader, UnknownGroup, ProposalDropped)
+_READ_RETRY: Final = frozenset({"unknown_outcome", "unreachable"})
 
 
 class GroupAccess:
@@ -93,13 +94,25 @@ class GroupAccess:
             except _LOCAL_FALLBACK:
                 pass
         consistency = "lease" if mode is ReadMode.LEASE else "safe"
-        reply = await self._client.request(
-            "read",
-            int(group_id),
-            {"query": query, "consistency": consistency},
-            timeout_s=timeout,
-        )
-        return _bytes(reply)
+        deadline = trio.current_time() + timeout
+        pause = 0.01
+        while True:
+            try:
+                reply = await self._client.request(
+                    "read",
+                    int(group_id),
+                    {"query": query, "consistency": consistency},
+                    timeout_s=max(0.01, deadline - trio.current_time()),
+                )
+                return _bytes(reply)
+            except ClientError as exc:
+                # A read changes nothing: one lost with its connection (the node died while
+                # it was in flight) is simply asked again elsewhere, until the deadline.
+                if exc.code not in _READ_RETRY or trio.current_time() + pause >= deadline:
+                    raise
+                self._client.forget_leader(int(group_id))
+                await trio.sleep(pause)
+                pause = min(pause * 2, 0.2)
 
     def staleness_bound_ms(self) -> float:
         """How far behind its leader a replica that passes ``_fresh_enough`` can be: it has

@@ -280,7 +280,7 @@ def stop_recorded(root: Path, *, grace_s: float = STOP_GRACE_S) -> list[int]:
     cluster = LocalCluster.load(root)
     stopped: list[int] = []
     for node_id, pid in sorted(cluster.layout.pids.items()):
-        if _is_our_node(pid, cluster.data_dir(node_id)):
+        if is_our_node(pid, cluster.data_dir(node_id)):
             for signum in (signal.SIGCONT, signal.SIGTERM):
                 try:
                     os.kill(pid, signum)
@@ -290,9 +290,9 @@ def stop_recorded(root: Path, *, grace_s: float = STOP_GRACE_S) -> list[int]:
     deadline = time.monotonic() + grace_s
     for node_id in stopped:
         pid = cluster.layout.pids[node_id]
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
     cluster.layout.pids = {}
     path = root / STATE_FILE
@@ -300,7 +300,7 @@ def stop_recorded(root: Path, *, grace_s: float = STOP_GRACE_S) -> list[int]:
     return stopped
 
 
-def _is_our_node(pid: int, data_dir: Path) -> bool:
+def is_our_node(pid: int, data_dir: Path) -> bool:
     """The pid still runs a node with this data dir (pids are reused by the OS)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -309,7 +309,7 @@ def _is_our_node(pid: int, data_dir: Path) -> bool:
     return str(data_dir).encode() in cmdline
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

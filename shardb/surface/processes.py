@@ -21,7 +21,7 @@ from typing import Final
 
 # The same pid checks ``shardb down`` (``stop_recorded``) relies on; private there, see the
 # report: they deserve a public name in shardb.cluster.
-from shardb.cluster.local import STATE_FILE, LocalCluster, _alive, _is_our_node
+from shardb.cluster.local import STATE_FILE, LocalCluster, is_our_node, pid_alive
 
 KILL_WAIT_S: Final = 10.0
 
@@ -70,7 +70,7 @@ class NodeProcesses:
             return self.cluster.running(node_id)
         recorded = self._recorded()
         pid = recorded.layout.pids.get(node_id)
-        return pid is not None and _is_our_node(pid, recorded.data_dir(node_id))
+        return pid is not None and is_our_node(pid, recorded.data_dir(node_id))
 
     def crash(self, node_id: int) -> int:
         """SIGKILL the node (no clean shutdown, unsynced writes lost); return its old pid."""
@@ -84,12 +84,12 @@ class NodeProcesses:
             return pid
         recorded = self._recorded()
         recorded_pid = recorded.layout.pids.get(node_id)
-        if recorded_pid is None or not _is_our_node(recorded_pid, recorded.data_dir(node_id)):
+        if recorded_pid is None or not is_our_node(recorded_pid, recorded.data_dir(node_id)):
             raise ProcessControlError(f"node {node_id} is not running")
         with contextlib.suppress(ProcessLookupError):
             os.kill(recorded_pid, signal.SIGKILL)
         deadline = time.monotonic() + KILL_WAIT_S
-        while _alive(recorded_pid) and time.monotonic() < deadline:
+        while pid_alive(recorded_pid) and time.monotonic() < deadline:
             time.sleep(0.02)
         pids = {n: p for n, p in recorded.layout.pids.items() if n != node_id}
         self._write_pids(recorded, pids)
@@ -104,7 +104,7 @@ class NodeProcesses:
             return self.cluster.start(node_id).pid
         recorded = self._recorded()
         old = recorded.layout.pids.get(node_id)
-        if old is not None and _is_our_node(old, recorded.data_dir(node_id)):
+        if old is not None and is_our_node(old, recorded.data_dir(node_id)):
             raise ProcessControlError(f"node {node_id} is already running (pid {old})")
         others = {n: p for n, p in recorded.layout.pids.items() if n != node_id}
         proc = recorded.start(node_id)

@@ -27,7 +27,7 @@ import trio
 
 from consensus.types import GroupId, NodeId
 from shardb.cluster import ClusterError, LocalCluster, stop_recorded, wait_ready
-from shardb.cluster.local import STATE_FILE, _is_our_node
+from shardb.cluster.local import STATE_FILE, is_our_node
 from shardb.shell import (
     DEFAULT_HISTORY_PATH,
     ExitCode,
@@ -425,7 +425,7 @@ def _running_nodes(cluster: LocalCluster) -> list[int]:
     return [
         node_id
         for node_id, pid in sorted(cluster.layout.pids.items())
-        if _is_our_node(pid, cluster.data_dir(node_id))
+        if is_our_node(pid, cluster.data_dir(node_id))
     ]
 
 

@@ -26,6 +26,7 @@ from shardb.workload.scenario import FaultKind, FaultSpec
 
 NS_PER_S: Final = 1_000_000_000
 ADMIN_TIMEOUT_S: Final = 2.0
+RESTART_READY_TIMEOUT_S: Final = 20.0
 
 
 class FaultError(Exception):
@@ -44,6 +45,10 @@ class FaultEvent:
     healed_ns: int | None = None
     error: str | None = None
     note: str = ""
+    out_by_range: dict[int, list[int]] = field(default_factory=dict)
+    """For a partition: range id -> the replicas it cut off from a majority of that range's
+    replicas (they can neither lead it nor commit on it until the heal). Empty for a range
+    means the partition took no replica of it out."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +61,7 @@ class FaultEvent:
             "healed_ns": self.healed_ns,
             "error": self.error,
             "note": self.note,
+            "out_by_range": {str(r): list(n) for r, n in sorted(self.out_by_range.items())},
         }
 
 
@@ -68,6 +74,20 @@ def _fmt(value: object) -> str:
     if isinstance(value, tuple):
         return "[" + " ".join("-".join(str(n) for n in item) for item in value) + "]"
     return str(value)
+
+
+def cut_off_replicas(links: Sequence[tuple[int, int]], replicas: Sequence[int]) -> list[int]:
+    """The replicas that, with ``links`` cut, reach (directly, counting themselves) fewer than a
+    majority of ``replicas``: they cannot lead or commit for that group until the heal. A
+    partial partition (links 1-2 and 1-3 of five nodes) cuts nobody off from the whole
+    cluster, but does cut node 1 off in a group whose replicas are 1, 2 and 3."""
+    cut = {frozenset(link) for link in links}
+    majority = len(replicas) // 2 + 1
+    return sorted(
+        r
+        for r in replicas
+        if sum(1 for o in replicas if o == r or frozenset((r, o)) not in cut) < majority
+    )
 
 
 class ClusterView:
@@ -209,7 +229,7 @@ class FaultRunner:
                 event.nodes = [node]
                 event.at_ns = self._elapsed()
                 cluster.kill9(node)
-                return _starter(cluster, [node])
+                return _starter(view, [node])
             case FaultKind.RESTART:
                 ref = spec.arg("node")
                 nodes = (
@@ -219,7 +239,7 @@ class FaultRunner:
                 event.at_ns = self._elapsed()
                 for node in nodes:
                     cluster.kill9(node)
-                return _starter(cluster, nodes)
+                return _starter(view, nodes)
             case FaultKind.PAUSE_NODE:
                 node = await view.resolve_node(spec.arg("node"), range_id)
                 event.nodes = [node]
@@ -233,6 +253,13 @@ class FaultRunner:
             case FaultKind.PARTITION:
                 links = await self._partition_links(spec, range_id)
                 event.nodes = sorted({n for link in links for n in link})
+                # Who is really out depends on each range's replica set: asked before the
+                # block, while every node still answers.
+                for descriptor in (await view.meta())["ranges"]:
+                    replicas = [int(n) for n in descriptor["replicas"]]
+                    event.out_by_range[int(descriptor["range_id"])] = cut_off_replicas(
+                        links, replicas
+                    )
                 await self._fault_op_pairs(links, {"kind": "block"}, event)
 
                 async def unblock() -> None:
@@ -258,6 +285,7 @@ class FaultRunner:
                 if not isinstance(skew, int) or skew <= 0:
                     raise FaultError(f"clock_jump only moves a clock forward; skew_ms={skew}")
                 event.nodes = [node]
+                await _wait_answers(view, node)  # it may be restarting (lagging-replica)
                 event.at_ns = self._elapsed()
                 await view.call(node, "fault", {"kind": "clock_jump", "jump_ms": skew})
                 return None  # a jump forward is not undone; time simply goes on from there
@@ -293,6 +321,9 @@ class FaultRunner:
         for a, b in links:
             peers.setdefault(a, set()).add(b)
             peers.setdefault(b, set()).add(a)
+        for node in sorted(peers):
+            if self.view.cluster.running(node):
+                await _wait_answers(self.view, node)  # it may be restarting
         if event is not None:
             event.at_ns = self._elapsed()
         for node in sorted(peers):
@@ -306,12 +337,31 @@ class FaultRunner:
                 raise
 
 
-def _starter(cluster: LocalCluster, nodes: list[int]) -> Callable[[], Any]:
+def _starter(view: ClusterView, nodes: list[int]) -> Callable[[], Any]:
+    """Heal for kill/restart: spawn the nodes again. It does not wait for them to answer
+    (``healed_ns`` is the spawn); a fault op aimed at one of them waits instead."""
+
     async def start() -> None:
         for node in nodes:
-            cluster.start(node)
+            view.cluster.start(node)
 
     return start
+
+
+async def _wait_answers(view: ClusterView, node: int) -> None:
+    """Until ``node`` answers ``status``: a fault op sent to a node still starting up (a fault
+    planned just after a restart heal, as lagging-replica's clock skew is under
+    ``--duration``) would otherwise find its port closed and be recorded as not applied."""
+    last: Exception | None = None
+    with trio.move_on_after(RESTART_READY_TIMEOUT_S):
+        while True:
+            try:
+                await view.call(node, "status", {})
+                return
+            except ClientError as exc:
+                last = exc
+                await trio.sleep(0.05)
+    raise FaultError(f"node {node} did not answer within {RESTART_READY_TIMEOUT_S} s: {last}")
 
 
 def wall_ns() -> int:

@@ -155,9 +155,18 @@ def fault_costs(
         # Nodes the fault took out cannot have served a write after it: one they "served"
         # was committed before the fault (see the module docstring).
         down = event.get("nodes", []) if event.get("kind") in TAKES_NODES_OUT else []
-        unavailable = timeline.first_write_after(
-            at_ns, ranges, not_served_by=down, excluded_until_ns=event.get("healed_ns")
-        )
+        out_by_range = event.get("out_by_range") or {}
+        if event.get("kind") == "partition" and out_by_range:
+            # A partition takes out only the replicas it cuts off from a majority of their
+            # group, not every end of a cut link (a partial partition isolates nobody from the
+            # cluster), so the exclusion is per range.
+            unavailable = _worst_first_write(
+                timeline, at_ns, ranges, out_by_range, event.get("healed_ns")
+            )
+        else:
+            unavailable = timeline.first_write_after(
+                at_ns, ranges, not_served_by=down, excluded_until_ns=event.get("healed_ns")
+            )
         out.append(
             {
                 "fault": event["label"],
@@ -167,3 +176,24 @@ def fault_costs(
             }
         )
     return out
+
+
+def _worst_first_write(
+    timeline: OpTimeline,
+    at_ns: int,
+    ranges: list[int] | None,
+    out_by_range: dict[str, list[int]],
+    healed_ns: int | None,
+) -> int | None:
+    worst = 0
+    for range_id in sorted(timeline.writes_ok) if ranges is None else ranges:
+        delay = timeline.first_write_after(
+            at_ns,
+            [range_id],
+            not_served_by=out_by_range.get(str(range_id), []),
+            excluded_until_ns=healed_ns,
+        )
+        if delay is None:
+            return None
+        worst = max(worst, delay)
+    return worst

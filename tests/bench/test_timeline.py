@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from shardb.bench.faults import cut_off_replicas
 from shardb.bench.timeline import NS_PER_S, OpTimeline, fault_costs, recovery_time_s
 
 MS = 1_000_000
@@ -91,3 +92,29 @@ def test_buckets_count_per_tenth_of_a_second() -> None:
         "failed": [0, 1, 0],
         "writes_ok": [0, 1, 0],
     }
+
+
+def test_partial_partition_excludes_only_replicas_cut_off_from_their_group() -> None:
+    """Cutting links 1-2 and 1-3 of five nodes isolates nobody from the cluster; only in a group
+    whose replicas are 1, 2, 3 is node 1 (and only node 1) out of a majority."""
+    links = [(1, 2), (1, 3)]
+    assert cut_off_replicas(links, [1, 2, 3]) == [1]
+    assert cut_off_replicas(links, [1, 2, 3, 4, 5]) == []
+    assert cut_off_replicas(links, [2, 3, 4]) == []
+
+
+def test_partition_unavailability_counts_writes_served_by_replicas_still_in_quorum() -> None:
+    """Before the fix every end of a cut link was excluded, so a range led by node 2 (not cut off)
+    looked unavailable until the heal; now only the cut-off replica's writes are excluded."""
+    timeline = OpTimeline()
+    _steady(timeline, 0, 10, 100, leader=2)  # range 1, led by node 2 throughout
+    events: list[dict[str, Any]] = [
+        {"label": "partition(links=[1-2 1-3])", "kind": "partition", "at_ns": 5 * NS_PER_S,
+         "nodes": [1, 2, 3], "ranges": [], "error": None, "healed_ns": 8 * NS_PER_S,
+         "out_by_range": {"1": [1]}},
+    ]  # fmt: skip
+    (cost,) = fault_costs(timeline, events, 10 * NS_PER_S)
+    assert cost["unavailability_s"] == pytest.approx(0.01, abs=0.011)
+    events[0]["out_by_range"] = {"1": [2]}
+    (cost,) = fault_costs(timeline, events, 10 * NS_PER_S)
+    assert cost["unavailability_s"] == pytest.approx(3.0, abs=0.011)  # only after the heal

@@ -39,6 +39,7 @@ from shardb.placement.descriptors import Key, RangeDescriptor
 from shardb.placement.meta import (
     META_GROUP_ID,
     MetaCommand,
+    MetaErrorCode,
     MetaResult,
     MetaState,
     PkType,
@@ -665,10 +666,10 @@ class Gateway:
         if statement.exists:
             return Answer(kind="ddl")
         schema = statement.schema
-        # The replication factor is capped by the live nodes the meta group knows now (not
-        # by this gateway's cache, which may predate other nodes' joining).
-        meta = await self._call(self._refresh_within, deadline, "the meta group")
-        nodes = max(1, sum(1 for n in meta.nodes() if n.alive))
+        # The configured replication factor, never fewer: ranges are not up-replicated later
+        # (no replica moves yet), so a table created while nodes are still joining would stay
+        # under-replicated for good. The meta group refuses while too few nodes are live;
+        # wait for them until the statement's deadline.
         command = MetaCreateTable(
             name=schema.name,
             schema_sql=statement.sql,
@@ -676,9 +677,17 @@ class Gateway:
             pk_type=PkType(schema.key_type.value),
             backend=(schema.backend.value if schema.backend else self._config.default_backend),
             split_points=initial_split_points(schema),
-            replication_factor=max(1, min(self._config.replication_factor, nodes)),
+            replication_factor=self._config.replication_factor,
         )
-        result = await self.propose_meta(command, deadline)
+        pause = 0.05
+        while True:
+            result = await self.propose_meta(command, deadline)
+            if result.error is not MetaErrorCode.NOT_ENOUGH_NODES:
+                break
+            if trio.current_time() + pause >= deadline:
+                raise ApplicationError("unavailable", result.message, statement=statement.sql)
+            await trio.sleep(pause)
+            pause = min(pause * 2, 0.5)
         if not result.ok:
             code = "sql_error" if result.error is None else result.error.value
             if code == "table_exists":

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from consensus.runtime.client import Client, ClientError, open_client
     from consensus.runtime.errors import (
         GroupConflict,
+        GroupRemoved,
         NodeClosed,
         NodeError,
         NodeFailed,
@@ -23,7 +24,15 @@ if TYPE_CHECKING:
         ProposalLost,
         RequestTimeout,
     )
-    from consensus.runtime.node import GroupStatus, Node, NodeConfig, NodeStatistics, open_node
+    from consensus.runtime.node import (
+        SEED_INDEX,
+        SEED_TERM,
+        GroupStatus,
+        Node,
+        NodeConfig,
+        NodeStatistics,
+        open_node,
+    )
     from consensus.runtime.server import open_client_server
     from consensus.runtime.statemachine import (
         KVStateMachine,
@@ -40,6 +49,7 @@ _EXPORTS: dict[str, str] = {
     "Client": "consensus.runtime.client",
     "ClientError": "consensus.runtime.client",
     "GroupConflict": "consensus.runtime.errors",
+    "GroupRemoved": "consensus.runtime.errors",
     "GroupStatus": "consensus.runtime.node",
     "KVStateMachine": "consensus.runtime.statemachine",
     "Node": "consensus.runtime.node",
@@ -52,6 +62,8 @@ _EXPORTS: dict[str, str] = {
     "Overloaded": "consensus.runtime.errors",
     "ProposalLost": "consensus.runtime.errors",
     "RequestTimeout": "consensus.runtime.errors",
+    "SEED_INDEX": "consensus.runtime.node",
+    "SEED_TERM": "consensus.runtime.node",
     "StateMachine": "consensus.runtime.statemachine",
     "StateMachineError": "consensus.runtime.statemachine",
     "decode_result": "consensus.runtime.statemachine",
@@ -65,9 +77,12 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "SEED_INDEX",
+    "SEED_TERM",
     "Client",
     "ClientError",
     "GroupConflict",
+    "GroupRemoved",
     "GroupStatus",
     "KVStateMachine",
     "Node",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -179,6 +179,28 @@ class Client:
             await self.call(
                 node, "create_group", {"group": group, "backend": backend, "voters": sorted(voters)}
             )
+
+    async def change_membership(
+        self, group: int, changes: Sequence[tuple[str, int]], *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """Change ``group``'s membership through its leader (hints followed as for
+        ``put``): ``changes`` are ``(kind, node)`` with kind ``"add_learner"``,
+        ``"add_voter"`` or ``"remove"``. Returns ``{"voters", "learners",
+        "voters_outgoing"}`` once the change committed and applied on the leader. A
+        ``timeout`` / ``unknown_outcome`` error leaves it open whether the change happened:
+        read ``group_status`` before retrying."""
+        return await self.request(
+            "change_membership",
+            group,
+            {"changes": [[kind, int(node)] for kind, node in changes]},
+            timeout_s=timeout_s,
+        )
+
+    async def group_status(self, node: int, group: int) -> dict[str, Any]:
+        """``group``'s status as node ``node`` sees it (never forwarded): role, leader,
+        term, commit, applied, first/last index, voters, learners, and on the leader
+        ``progress`` as ``[[node, match], ...]``."""
+        return await self.call(node, "group_status", {"group": group})
 
     async def status(self, node: int) -> dict[str, Any]:
         return await self.call(node, "status", {})

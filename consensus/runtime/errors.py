@@ -69,3 +69,11 @@ class ApplicationError(Exception):
         self.message = message
         self.details = details
         super().__init__(message)
+
+
+class GroupRemoved(NodeError):
+    """``remove_group`` took the group off this node while the request was pending. Reads
+    did not happen; a write may still have committed on the group's other replicas
+    (outcome unknown, as for ``OutcomeUnknown``)."""
+
+    code = "group_removed"

@@ -55,6 +55,15 @@ barrier (``read_index``) and answers from the local state machine once it has ap
 barrier's index (Raft thesis §6.4). The number of queued plus in-flight requests is bounded;
 beyond it requests fail with ``Overloaded``.
 
+Membership. ``create_group(..., seeded=True)`` starts a group from a snapshot of what the
+state machine already holds at ``SEED_INDEX`` (a range that inherited its rows), so no
+replica can ever rebuild it from index 1; ``join_group`` hosts an empty replica that learns
+the configuration from the leader (``consensus.api.CoreFactory``); ``change_membership``
+proposes a ``MembershipChange`` on the leader and resolves like a proposal, when its CONFIG
+entry applies; ``remove_group`` takes a replica off the node, its log state off the log
+store and, in apply order, its data off the state machine. ``add_peer``/``remove_peer``
+change the TCP transport's address book for nodes that join or leave.
+
 Storage failure. ``StorageFailed`` (disk full, IO error, failed fsync) stops the loop: after
 a failed fsync nothing we say can be trusted to be durable, so the node fails every pending
 request and refuses new ones with ``NodeFailed`` until it is restarted from disk.
@@ -62,6 +71,7 @@ request and refuses new ones with ``NodeFailed`` until it is restarted from disk
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import random
@@ -79,9 +89,11 @@ from consensus.api import (
     ConsensusError,
     CoreConfig,
     Logger,
+    MembershipChange,
     NotLeader,
     PersistedState,
     ProposalDropped,
+    Proposed,
     ReadMode,
     Ready,
     Role,
@@ -100,6 +112,7 @@ from consensus.host import (
 )
 from consensus.runtime.errors import (
     GroupConflict,
+    GroupRemoved,
     NodeClosed,
     NodeFailed,
     OutcomeUnknown,
@@ -111,10 +124,38 @@ from consensus.runtime.faults import FaultyTransport
 from consensus.runtime.layout import DATA_FILE, LOG_FILE
 from consensus.runtime.statemachine import KVStateMachine, StateMachine, StateMachineError
 from consensus.storage import StorageFailed, StorageWriter, open_storage_writer
-from consensus.transport import MemoryNetwork, TcpTransportConfig, Transport, open_tcp_transport
-from consensus.types import ConfState, Entry, GroupId, Index, Message, NodeId, Snapshot, Term
+from consensus.transport import (
+    MemoryNetwork,
+    TcpTransport,
+    TcpTransportConfig,
+    Transport,
+    open_tcp_transport,
+)
+from consensus.types import (
+    ConfState,
+    Entry,
+    GroupId,
+    HardState,
+    Index,
+    Message,
+    NodeId,
+    Snapshot,
+    SnapshotMeta,
+    Term,
+)
 
 _T = TypeVar("_T")
+
+SEED_INDEX = Index(5)
+"""Where a seeded group's log starts (``Node.create_group(..., seeded=True)``): its replicas
+begin from a snapshot at this index, so the log holds nothing at or below it and any replica
+added later must receive a snapshot. A range whose first rows did not come from its own log
+(the right half of a split inherits the parent's rows) must never be rebuilt by replaying
+from index 1 on a new replica, which would start it empty; CockroachDB starts such ranges at
+a raised initial log index for the same reason. Above 0 so no real entry can sit there."""
+SEED_TERM = Term(1)
+"""The term of the seed snapshot and of the seeded hard state (for Multi-Paxos, the packed
+ballot ``0.1``: below every ballot a leader ever uses, so it rules nothing out)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -256,6 +297,10 @@ class GroupStatus:
     last_index: Index
     first_index: Index
     voters: tuple[NodeId, ...]
+    learners: tuple[NodeId, ...] = ()
+    progress: tuple[tuple[NodeId, Index], ...] = ()
+    """On the leader: each other member's match index, ascending by node (a learner has
+    caught up once its match reaches the leader's ``commit``); empty on followers."""
 
 
 class _Waiter:
@@ -328,7 +373,20 @@ class _Transfer:
     waiter: _Waiter
 
 
-_Request = _Propose | _Read | _AddGroup | _Transfer
+@dataclass(slots=True)
+class _ChangeMembership:
+    group_id: GroupId
+    change: MembershipChange
+    waiter: _Waiter
+
+
+@dataclass(slots=True)
+class _RemoveGroup:
+    group_id: GroupId
+    waiter: _Waiter
+
+
+_Request = _Propose | _Read | _AddGroup | _Transfer | _ChangeMembership | _RemoveGroup
 
 
 @dataclass(slots=True)
@@ -342,6 +400,9 @@ class _ApplyWork:
     results: tuple[bytes | None, ...] = ()
     applied_after: Index = Index(0)
     snapshot_data: bytes | None = None
+    dropped: _Waiter | None = None
+    """Set on the marker ``remove_group`` queues: drop the group's state machine data here,
+    in the apply order, after every batch queued for it before it was removed."""
 
 
 class Node:
@@ -365,6 +426,8 @@ class Node:
             logger=log,
         )
         self._transport: Transport | None = None
+        self._tcp: TcpTransport | None = None
+        """The TCP transport under any fault wrapper (peers are added and removed on it)."""
         self._listen_address: tuple[str, int] | None = None
         self._sm_limiter = trio.CapacityLimiter(1)
         self._wakeup = trio.Event()
@@ -389,6 +452,8 @@ class Node:
         ](config.max_apply_backlog)
         # Snapshots the apply task took, for the loop to hand to the host (it owns the host).
         self._compactions: list[_ApplyWork] = []
+        # remove_group markers queued for the apply task, failed with everything else.
+        self._drops: list[_Waiter] = []
         self._admin_lock = trio.Lock()
         self._failure: str | None = None
         self._closed = False
@@ -467,37 +532,183 @@ class Node:
         return result
 
     async def create_group(
-        self, group_id: GroupId, backend: Backend | str, voters: Sequence[int]
+        self,
+        group_id: GroupId,
+        backend: Backend | str,
+        voters: Sequence[int],
+        *,
+        seeded: bool = False,
     ) -> bool:
         """Host a replica of a new group (call it on every member). Persisted in the log
         store's group table so a restart re-hosts it. Returns False if the group already
         exists with the same backend and voters (idempotent), raises ``GroupConflict`` if
-        it exists with others."""
+        it exists with others.
+
+        ``seeded=True``: the replica starts from a snapshot at ``(SEED_INDEX, SEED_TERM)``
+        with configuration ``voters`` whose data is the state machine's current state of the
+        group, which must be at ``applied_index == SEED_INDEX`` (else ``ValueError``; see
+        ``KVStateMachine.seed_group``). The snapshot and a hard state (term ``SEED_TERM``,
+        commit ``SEED_INDEX``) are persisted with the group's registration in one
+        transaction before the core starts, so a restart comes back identically, and the
+        log starts after ``SEED_INDEX``: a replica added later is sent a snapshot and never
+        replays the group from index 1 (see ``SEED_INDEX``)."""
         chosen = Backend(backend)
         conf = ConfState(voters=tuple(sorted({NodeId(v) for v in voters})))
         if not conf.voters or any(v <= 0 for v in conf.voters):
             raise ValueError("a group needs at least one voter, ids >= 1")
         self._check_accepting()
         async with self._admin_lock:
-            for info in await self._writer.list_groups():
-                if info.group_id == group_id:
-                    if info.backend is chosen and info.conf == conf:
-                        return False
-                    raise GroupConflict(
-                        f"group {group_id} exists as {info.backend.value} with voters "
-                        f"{list(info.conf.voters)}"
+            if not await self._check_new_group(group_id, chosen, conf):
+                return False
+            persisted: PersistedState | None = None
+            if seeded:
+                applied, data = await self._sm_call(self._seed_image, group_id)
+                if applied != SEED_INDEX:
+                    raise ValueError(
+                        f"group {group_id} cannot be seeded: its state machine is at applied "
+                        f"index {applied}, a seeded group must be at SEED_INDEX={SEED_INDEX}"
                     )
+                persisted = PersistedState(
+                    hard_state=HardState(term=SEED_TERM, commit=SEED_INDEX),
+                    snapshot=Snapshot(
+                        meta=SnapshotMeta(index=SEED_INDEX, term=SEED_TERM, conf=conf), data=data
+                    ),
+                )
+            await self._host_new_group(group_id, chosen, conf, persisted)
+        self._log.info("group_created", group_id=int(group_id), backend=chosen.value, seeded=seeded)
+        return True
+
+    async def join_group(self, group_id: GroupId, backend: Backend | str) -> bool:
+        """Host an empty replica of an existing group, for its leader to add with
+        ``change_membership`` (ADD_LEARNER, then ADD_VOTER). The core starts with an empty
+        configuration and learns the membership from the leader's log or snapshot
+        (``consensus.api.CoreFactory``); being in no configuration, it never campaigns.
+        Persisted in the group table, so a restart re-hosts it with what it has learned.
+        Returns False if it is already hosted as a joined replica of that backend; raises
+        ``GroupConflict`` if the group is hosted otherwise.
+
+        State machine data this node still holds for the group (left over from a replica
+        removed earlier whose ``remove_group`` was cut short by a crash) is dropped first:
+        a new replica's state must come entirely from the leader, and stale applied indexes
+        would make it skip entries."""
+        chosen = Backend(backend)
+        conf = ConfState()
+        self._check_accepting()
+        async with self._admin_lock:
+            if not await self._check_new_group(group_id, chosen, conf):
+                return False
+            await self._sm_call(self._sm.drop_group, group_id)
+            await self._host_new_group(group_id, chosen, conf, None)
+        self._log.info("group_joined", group_id=int(group_id), backend=chosen.value)
+        return True
+
+    async def change_membership(
+        self, group_id: GroupId, change: MembershipChange, *, timeout: float | None = None
+    ) -> ConfState:
+        """Propose ``change`` through this node's replica, which must lead ``group_id``, and
+        return the group's configuration once the change's entry has committed and this
+        node has applied it (Raft §6 / thesis §4; Multi-Paxos CONFIG slots).
+
+        A Raft change that alters several voters at once commits a joint configuration
+        first (Raft §6): the configuration returned is then still joint (``voters_outgoing``
+        set), and the leader proposes leaving it by itself; a caller that needs the final
+        configuration waits for ``status(group_id)`` to show it. Raises ``NotLeader`` (with
+        the hint), ``ProposalDropped`` (another change in flight, an invalid change),
+        ``UnknownGroup``; ``RequestTimeout`` (outcome unknown) at the deadline, like
+        ``propose``."""
+        waiter = self._submit(
+            _ChangeMembership(group_id=group_id, change=change, waiter=_Waiter()), admin=True
+        )
+        await waiter.wait(timeout)
+        return self._host.status(group_id).conf
+
+    async def remove_group(self, group_id: GroupId) -> bool:
+        """Stop hosting this node's replica of ``group_id`` and delete its state: the
+        replica leaves the host (requests pending on it fail with ``GroupRemoved``), its log
+        state leaves the log store (a restart does not re-host it), then the state machine
+        drops its data (``StateMachine.drop_group``) after every batch already queued for
+        it has applied. Returns False if the group is not hosted (idempotent). Call it once
+        the group's configuration no longer includes this node; removing a voter that the
+        group still counts on costs the group that vote."""
+        self._check_accepting()
+        async with self._admin_lock:
+            if not any(info.group_id == group_id for info in await self._writer.list_groups()):
+                return False
+            await self._submit(_RemoveGroup(group_id=group_id, waiter=_Waiter()), admin=True).wait(
+                None
+            )
             try:
-                await self._writer.create_group(group_id, chosen, conf)
+                await self._writer.delete_group(group_id)
             except StorageFailed as exc:
                 self._fail(f"storage failed: {exc}")
                 raise NodeFailed(self._failure or str(exc)) from exc
-            add = _AddGroup(
-                group_id=group_id, backend=chosen, conf=conf, persisted=None, waiter=_Waiter()
+            dropped = _Waiter()
+            self._drops.append(dropped)
+            marker = _ApplyWork(
+                group_id=group_id,
+                snapshot=None,
+                entries=(),
+                compact_candidate=False,
+                dropped=dropped,
             )
-            await self._submit(add, admin=True).wait(None)
-        self._log.info("group_created", group_id=int(group_id), backend=chosen.value)
+            try:
+                await self._apply_tx.send(([marker], []))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise NodeFailed(f"node {self.node_id}: the apply task stopped") from exc
+            try:
+                await dropped.wait(None)
+            finally:
+                self._drops.remove(dropped)
+        self._log.info("group_removed", group_id=int(group_id))
         return True
+
+    def add_peer(self, node_id: int, host: str, port: int) -> None:
+        """Learn (or change) the transport address of node ``node_id`` (a node that joined
+        the cluster). A no-op on a memory network, where every node is reachable."""
+        if node_id == self.node_id:
+            return
+        if self._tcp is not None:
+            self._tcp.add_peer(NodeId(node_id), host, port)
+
+    def remove_peer(self, node_id: int) -> None:
+        """Forget node ``node_id``'s address and drop what is queued for it (it left the
+        cluster). A no-op on a memory network."""
+        if self._tcp is not None and node_id != self.node_id:
+            self._tcp.remove_peer(NodeId(node_id))
+
+    async def _check_new_group(self, group_id: GroupId, backend: Backend, conf: ConfState) -> bool:
+        """False if ``group_id`` is registered with this backend and bootstrap conf (the
+        call is a repeat), ``GroupConflict`` if with others, True if unknown."""
+        for info in await self._writer.list_groups():
+            if info.group_id == group_id:
+                if info.backend is backend and info.conf == conf:
+                    return False
+                raise GroupConflict(
+                    f"group {group_id} exists as {info.backend.value} with voters "
+                    f"{list(info.conf.voters)}"
+                )
+        return True
+
+    async def _host_new_group(
+        self,
+        group_id: GroupId,
+        backend: Backend,
+        conf: ConfState,
+        persisted: PersistedState | None,
+    ) -> None:
+        try:
+            await self._writer.create_group(group_id, backend, conf, initial=persisted)
+        except StorageFailed as exc:
+            self._fail(f"storage failed: {exc}")
+            raise NodeFailed(self._failure or str(exc)) from exc
+        add = _AddGroup(
+            group_id=group_id, backend=backend, conf=conf, persisted=persisted, waiter=_Waiter()
+        )
+        await self._submit(add, admin=True).wait(None)
+
+    def _seed_image(self, group_id: GroupId) -> tuple[Index, bytes]:
+        """State machine thread: the applied index and the snapshot taken at it, together."""
+        return self._sm.applied_index(group_id), self._sm.snapshot(group_id)
 
     async def transfer_leadership(
         self, group_id: GroupId, target: int, *, timeout: float | None = None
@@ -540,6 +751,12 @@ class Node:
             last_index=st.last_index,
             first_index=st.first_index,
             voters=st.conf.voters,
+            learners=st.conf.learners,
+            progress=tuple(
+                (node, st.progress[node].match)
+                for node in sorted(st.progress)
+                if node != self.node_id
+            ),
         )
 
     def statistics(self) -> NodeStatistics:
@@ -792,13 +1009,7 @@ class Node:
                 except (NotLeader, ProposalDropped, UnknownGroup) as exc:
                     waiter.fail(exc)
                     return
-                pending = self._proposals.setdefault(group_id, {})
-                previous = pending.get(proposed.index)
-                if previous is not None:
-                    # Our earlier entry at this index was truncated by a new leader's log
-                    # before it committed (Raft §5.3): it can never apply.
-                    previous[1].fail(ProposalLost("overwritten before it committed"))
-                pending[proposed.index] = (proposed.term, waiter)
+                self._await_entry(group_id, proposed, waiter)
             case _Read(group_id=group_id, mode=mode, waiter=waiter):
                 if waiter.done:
                     return
@@ -823,8 +1034,10 @@ class Node:
                 except (ConsensusError, ValueError) as exc:
                     waiter.fail(exc)
                     return
-                self._last_compact[group_id] = Index(0)
                 persisted = request.persisted
+                snap = persisted.snapshot if persisted else None
+                # A seeded group starts compacted at its seed snapshot.
+                self._last_compact[group_id] = snap.meta.index if snap else Index(0)
                 self._terms[group_id] = persisted.hard_state.term if persisted else Term(0)
                 waiter.succeed(None)
             case _Transfer(group_id=group_id, target=target, waiter=waiter):
@@ -836,6 +1049,49 @@ class Node:
                     waiter.fail(exc)
                     return
                 waiter.succeed(None)
+            case _ChangeMembership(group_id=group_id, change=change, waiter=waiter):
+                if waiter.done:
+                    return
+                try:
+                    proposed = host.change_membership(group_id, change)
+                except (NotLeader, ProposalDropped, UnknownGroup) as exc:
+                    waiter.fail(exc)
+                    return
+                # The CONFIG entry resolves like a proposal: when the entry at (index, term)
+                # applies here (the state machine counts it applied, with no result).
+                self._await_entry(group_id, proposed, waiter)
+            case _RemoveGroup(group_id=group_id, waiter=waiter):
+                self._remove_hosted(group_id)
+                waiter.succeed(None)
+
+    def _await_entry(self, group_id: GroupId, proposed: Proposed, waiter: _Waiter) -> None:
+        """Resolve ``waiter`` when the entry at ``proposed`` applies (``_finish_apply``)."""
+        pending = self._proposals.setdefault(group_id, {})
+        previous = pending.get(proposed.index)
+        if previous is not None:
+            # Our earlier entry at this index was truncated by a new leader's log
+            # before it committed (Raft §5.3): it can never apply.
+            previous[1].fail(ProposalLost("overwritten before it committed"))
+        pending[proposed.index] = (proposed.term, waiter)
+
+    def _remove_hosted(self, group_id: GroupId) -> None:
+        """Take ``group_id`` off the host and fail what is pending on it: its core is gone,
+        so none of it can complete here (reads asked of it, proposals waiting for their
+        entry to apply, reads waiting for their index)."""
+        with contextlib.suppress(UnknownGroup):
+            self._host.remove_group(group_id)
+        error = GroupRemoved(f"group {group_id} was removed from node {self.node_id}")
+        pending = self._proposals.pop(group_id, {})
+        for index in sorted(pending):
+            pending[index][1].fail(error)
+        for request_id in sorted(self._reads):
+            if self._reads[request_id].group_id == group_id:
+                self._reads.pop(request_id).waiter.fail(error)
+        for read in self._barrier_passed.pop(group_id, []):
+            read.waiter.fail(error)
+        self._compactions = [c for c in self._compactions if c.group_id != group_id]
+        self._last_compact.pop(group_id, None)
+        self._terms.pop(group_id, None)
 
     # ----------------------------------------------------------------------- one Ready
 
@@ -892,7 +1148,14 @@ class Node:
                 self._counts["apply_us"] += int((trio.current_time() - started) * 1e6)
                 self._finish_apply(work, reads, answers)
                 for item in work:
-                    if item.snapshot_data is not None:
+                    if item.dropped is not None:
+                        # Snapshots of the removed replica taken in batches before this
+                        # marker must not reach the host (the group may be re-added).
+                        self._compactions = [
+                            c for c in self._compactions if c.group_id != item.group_id
+                        ]
+                        item.dropped.succeed(None)
+                    elif item.snapshot_data is not None:
                         # Recorded now so a batch already queued does not snapshot again.
                         self._last_compact[item.group_id] = item.entries[-1].index
                         self._compactions.append(item)
@@ -908,7 +1171,10 @@ class Node:
         # them before the batch was queued for apply.
         for item in self._compactions:
             index = item.entries[-1].index
-            self._host.compact(item.group_id, index, item.snapshot_data or b"")
+            try:
+                self._host.compact(item.group_id, index, item.snapshot_data or b"")
+            except UnknownGroup:
+                continue  # removed after the apply task took the snapshot
             self._counts["snapshots_taken"] += 1
             self._log.debug("group_compacted", group_id=int(item.group_id), index=int(index))
         self._compactions.clear()
@@ -935,6 +1201,9 @@ class Node:
         sm = self._sm
         interval = self._config.snapshot_interval_entries
         for item in work:
+            if item.dropped is not None:
+                sm.drop_group(item.group_id)
+                continue
             if item.snapshot is not None:
                 sm.restore(item.group_id, item.snapshot)
             if item.entries:
@@ -962,6 +1231,8 @@ class Node:
         self, work: list[_ApplyWork], reads: list[_Read], answers: list[bytes | None]
     ) -> None:
         for item in work:
+            if item.dropped is not None:
+                continue
             pending = self._proposals.get(item.group_id)
             if item.snapshot is not None:
                 self._counts["snapshots_restored"] += 1
@@ -986,10 +1257,19 @@ class Node:
                 else:
                     waiter.fail(ProposalLost(f"entry {entry.index} committed with another value"))
         for read, answer in zip(reads, answers, strict=True):
-            if answer is None:
+            if answer is None and not self._hosts(read.group_id):
+                read.waiter.fail(GroupRemoved(f"group {read.group_id} was removed"))
+            elif answer is None:
                 self._barrier_passed.setdefault(read.group_id, []).append(read)
             else:
                 read.waiter.succeed(answer)
+
+    def _hosts(self, group_id: GroupId) -> bool:
+        try:
+            self._host.backend(group_id)
+        except UnknownGroup:
+            return False
+        return True
 
     async def call_state_machine(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn(*args)`` on the state machine's thread, serialised with apply, restore
@@ -1024,6 +1304,8 @@ class Node:
             for read in reads:
                 read.waiter.fail(error)
         self._barrier_passed.clear()
+        for dropped in self._drops:
+            dropped.fail(error)
 
     def _close(self) -> None:
         self._closed = True
@@ -1126,4 +1408,5 @@ async def _open_transport(
         tcp_config, rng=rng, on_unreachable=node._on_unreachable, logger=node._log
     ) as tcp:
         node._listen_address = tcp.listen_address
+        node._tcp = tcp
         yield tcp

@@ -42,13 +42,25 @@ OPS: Final = (
     "read",
     "create_group",
     "transfer_leader",
+    "change_membership",
+    "group_status",
     "fault",
     "status",
     "stats",
 )
 """The node's own ops. ``propose``/``read`` carry an application's opaque command/query bytes
 for one group (``{"group", "command"}`` / ``{"group", "query", "consistency"}``) and answer
-``{"result": bytes}``: how another node's gateway reaches a group led elsewhere."""
+``{"result": bytes}``: how another node's gateway reaches a group led elsewhere.
+
+``change_membership`` ``{"group", "changes": [[kind, node], ...]}`` with ``kind`` one of
+``CHANGE_KINDS`` is answered by the group's leader (``not_leader`` with a hint elsewhere)
+once the change committed and applied there: ``{"voters", "learners", "voters_outgoing"}``
+(the last non-empty only while a Raft joint configuration is in force). ``group_status``
+``{"group"}`` answers from the node asked, never forwarded: ``{"role", "leader", "term",
+"commit", "applied", "first_index", "last_index", "voters", "learners", "progress":
+[[node, match], ...]}`` (``progress`` only on the leader)."""
+
+CHANGE_KINDS: Final = ("add_learner", "add_voter", "remove")
 
 # Error codes (``error.code``). The runtime's own codes are on ``consensus.runtime.errors``.
 NOT_LEADER: Final = "not_leader"

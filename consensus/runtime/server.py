@@ -24,12 +24,19 @@ from typing import Any, Final
 import msgpack
 import trio
 
-from consensus.api import NotLeader, ProposalDropped, ReadMode
+from consensus.api import (
+    ChangeKind,
+    ChangeOp,
+    MembershipChange,
+    NotLeader,
+    ProposalDropped,
+    ReadMode,
+)
 from consensus.backends import Backend
 from consensus.host import UnknownGroup
 from consensus.runtime import protocol as p
 from consensus.runtime.errors import ApplicationError, NodeError
-from consensus.runtime.node import Node
+from consensus.runtime.node import GroupStatus, Node
 from consensus.runtime.statemachine import (
     decode_result,
     encode_cas,
@@ -37,7 +44,7 @@ from consensus.runtime.statemachine import (
     encode_get,
     encode_put,
 )
-from consensus.types import GroupId
+from consensus.types import ConfState, GroupId, NodeId
 
 MAX_INFLIGHT_PER_CONNECTION: Final = 1024
 HELLO_TIMEOUT_S: Final = 10.0
@@ -125,7 +132,7 @@ def _parse_fault(args: dict[str, Any]) -> dict[str, Any]:
     ):
         raise _BadRequest("peers must be a list of node ids")
     fault: dict[str, Any] = {"kind": kind, "peers": peers}
-    for name in ("delay_ms", "jump_ms", "heal_after_ms"):
+    for name in ("delay_ms", "jitter_ms", "jump_ms", "heal_after_ms"):
         raw = args.get(name, 0)
         if not isinstance(raw, int) or isinstance(raw, bool) or not 0 <= raw <= MAX_FAULT_MS:
             raise _BadRequest(f"{name} must be an integer between 0 and {MAX_FAULT_MS}")
@@ -148,13 +155,68 @@ def _apply_fault(node: Node, fault: dict[str, Any]) -> dict[str, Any]:
         case "heal":
             faults.heal()
         case "delay":
-            faults.delay(fault["peers"], fault["delay_ms"] / 1000.0)
+            faults.delay(fault["peers"], fault["delay_ms"] / 1000.0, fault["jitter_ms"] / 1000.0)
         case "clock_jump":
             node.jump_clock(fault["jump_ms"] / 1000.0)
     if fault["heal_after_ms"] and fault["kind"] in ("block", "delay"):
         faults.heal_later(fault["heal_after_ms"] / 1000.0)
     node._log.info("fault_injected", **fault)
     return {"faults": faults.describe()}
+
+
+_CHANGE_KINDS: Final = {
+    "add_learner": ChangeKind.ADD_LEARNER,
+    "add_voter": ChangeKind.ADD_VOTER,
+    "remove": ChangeKind.REMOVE,
+}
+MAX_CHANGE_OPS: Final = 64
+
+
+def _membership_change(args: dict[str, Any]) -> MembershipChange:
+    changes = args.get("changes")
+    if not isinstance(changes, list) or not 0 < len(changes) <= MAX_CHANGE_OPS:
+        raise _BadRequest(f"changes must be a list of 1 to {MAX_CHANGE_OPS} [kind, node] pairs")
+    ops = []
+    for item in changes:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or item[0] not in _CHANGE_KINDS
+            or not isinstance(item[1], int)
+            or isinstance(item[1], bool)
+            or item[1] <= 0
+        ):
+            raise _BadRequest(
+                f"a change is [kind, node] with kind one of {', '.join(p.CHANGE_KINDS)} and "
+                f"a node id >= 1, got {item!r}"
+            )
+        ops.append(ChangeOp(kind=_CHANGE_KINDS[item[0]], node=NodeId(item[1])))
+    return MembershipChange(ops=tuple(ops))
+
+
+def conf_body(conf: ConfState) -> dict[str, Any]:
+    return {
+        "voters": [int(v) for v in conf.voters],
+        "learners": [int(n) for n in conf.learners],
+        "voters_outgoing": [int(v) for v in conf.voters_outgoing],
+    }
+
+
+def group_status_body(st: GroupStatus) -> dict[str, Any]:
+    return {
+        "group": int(st.group_id),
+        "backend": st.backend.value,
+        "role": st.role.value,
+        "leader": int(st.leader),
+        "term": int(st.term),
+        "commit": int(st.commit),
+        "applied": int(st.applied),
+        "first_index": int(st.first_index),
+        "last_index": int(st.last_index),
+        "voters": [int(v) for v in st.voters],
+        "learners": [int(n) for n in st.learners],
+        "progress": [[int(node), int(match)] for node, match in st.progress],
+    }
 
 
 def _read_mode(args: dict[str, Any]) -> ReadMode:
@@ -435,6 +497,22 @@ class ClientServer:
                     return {}
 
                 return transfer
+            case "change_membership":
+                change = _membership_change(args)
+                group, timeout = _group(args), _timeout(args)
+
+                async def change_membership() -> dict[str, Any]:
+                    conf = await node.change_membership(group, change, timeout=timeout)
+                    return conf_body(conf)
+
+                return change_membership
+            case "group_status":
+                group = _group(args)
+
+                async def group_status() -> dict[str, Any]:
+                    return group_status_body(node.status(group))
+
+                return group_status
             case "fault":
                 fault = _parse_fault(args)
 
@@ -451,7 +529,13 @@ class ClientServer:
             case "stats":
 
                 async def stats() -> dict[str, Any]:
-                    return {"node": asdict(node.statistics())}
+                    # The transport's own counters too: bytes on the wire (the comparison's
+                    # bytes per committed entry) are not among the node's counters.
+                    transport = node._transport
+                    return {
+                        "node": asdict(node.statistics()),
+                        "transport": None if transport is None else asdict(transport.statistics()),
+                    }
 
                 return stats
         raise _BadRequest(f"unknown op {op!r}")
@@ -482,6 +566,7 @@ class ClientServer:
                     "last_index": int(st.last_index),
                     "first_index": int(st.first_index),
                     "voters": [int(v) for v in st.voters],
+                    "learners": [int(n) for n in st.learners],
                 }
             )
         return {

@@ -325,6 +325,30 @@ class KVStateMachine:
             raise
         self._applied[group_id] = snapshot.meta.index
 
+    def seed_group(
+        self,
+        group_id: GroupId,
+        index: Index,
+        items: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """Put a group that has no state here at ``applied == index`` holding ``items``,
+        without any log entries: what a range inheriting rows it did not apply itself (the
+        right half of a split) looks like before ``Node.create_group(..., seeded=True)``
+        snapshots it at ``consensus.runtime.SEED_INDEX``. For the seeding step of
+        applications and tests; never part of the replicated apply path."""
+        require(index >= 1, f"group {group_id}: seed index must be >= 1, got {index}")
+        require(
+            self.applied_index(group_id) == 0 and not self.items(group_id),
+            f"group {group_id}: already has state here (applied {self.applied_index(group_id)})",
+        )
+        rows = [(group_id, _key(k), v) for k, v in items]
+        with self._conn:
+            self._conn.executemany("INSERT INTO kv(group_id, key, value) VALUES (?, ?, ?)", rows)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO applied(group_id, idx) VALUES (?, ?)", (group_id, index)
+            )
+        self._applied[group_id] = index
+
     def drop_group(self, group_id: GroupId) -> None:
         with self._conn:
             self._conn.execute("DELETE FROM kv WHERE group_id = ?", (group_id,))

@@ -523,8 +523,20 @@ class SQLiteLogStore:
             touched = True
         return written, touched
 
-    def create_group(self, group_id: GroupId, backend: Backend | str, conf: ConfState) -> GroupInfo:
-        """Register a group this node hosts, with its backend and bootstrap membership."""
+    def create_group(
+        self,
+        group_id: GroupId,
+        backend: Backend | str,
+        conf: ConfState,
+        *,
+        initial: PersistedState | None = None,
+    ) -> GroupInfo:
+        """Register a group this node hosts, with its backend and bootstrap membership.
+
+        ``initial`` (hard state, snapshot, entries) is written in the SAME transaction: a
+        group that must start from a snapshot (a seeded range, see
+        ``consensus.runtime.node.SEED_INDEX``) is never found registered without it after a
+        crash, which would let its core start from an empty log at index 1."""
         self._require_writable()
         if group_id in self._groups:
             raise GroupExists(group_id)
@@ -542,18 +554,29 @@ class SQLiteLogStore:
             info.created_ms,
         )
         crc, _ = row_crc("groups", key, b"")
-        self._transact(
-            [
-                (
-                    "INSERT INTO groups(group_id, backend, conf, created, crc)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    [(*key, crc)],
-                )
-            ],
-            during="create_group",
-        )
+        ops: _Ops = [
+            (
+                "INSERT INTO groups(group_id, backend, conf, created, crc) VALUES (?, ?, ?, ?, ?)",
+                [(*key, crc)],
+            )
+        ]
+        snapshot_index = 0
+        if initial is not None:
+            snap = initial.snapshot
+            snapshot_index = snap.meta.index if snap is not None else 0
+            for entry in initial.entries:
+                if entry.index <= snapshot_index:
+                    raise ValueError(
+                        f"group {group_id}: initial entry {entry.index} is at or below the "
+                        f"initial snapshot index {snapshot_index}"
+                    )
+            phases = _new_phases()
+            ready = Ready(hard_state=initial.hard_state, entries=initial.entries, snapshot=snap)
+            self._encode_ready(group_id, ready, phases)
+            ops.extend((sql, rows) for sql, rows in phases.items() if rows)
+        self._transact(ops, during="create_group")
         self._groups[group_id] = info
-        self._snapshot_index[group_id] = 0
+        self._snapshot_index[group_id] = snapshot_index
         return info
 
     def delete_group(self, group_id: GroupId) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TypeVar
 
 import trio
@@ -53,9 +54,17 @@ class StorageWriter:
         return await self._run(self._store.load_all)
 
     async def create_group(
-        self, group_id: GroupId, backend: Backend | str, conf: ConfState
+        self,
+        group_id: GroupId,
+        backend: Backend | str,
+        conf: ConfState,
+        *,
+        initial: PersistedState | None = None,
     ) -> GroupInfo:
-        return await self._run(self._store.create_group, group_id, backend, conf)
+        """``SQLiteLogStore.create_group``: registry row and ``initial`` in one transaction."""
+        return await self._run(
+            partial(self._store.create_group, initial=initial), group_id, backend, conf
+        )
 
     async def delete_group(self, group_id: GroupId) -> None:
         await self._run(self._store.delete_group, group_id)

@@ -34,7 +34,11 @@ async def wait_until(
 
 class MemoryCluster:
     def __init__(
-        self, tmp_path: Path, nursery: trio.Nursery, network: MemoryNetwork, **overrides: Any
+        self,
+        tmp_path: Path,
+        nursery: trio.Nursery,
+        network: MemoryNetwork | None,
+        **overrides: Any,
     ) -> None:
         self.tmp_path = tmp_path
         self.nursery = nursery
@@ -58,6 +62,7 @@ class MemoryCluster:
     def isolate(self, node_id: int) -> None:
         """Cut every link between ``node_id`` and the other nodes (both directions)."""
         others = [NodeId(n) for n in sorted(self._stops) if n != node_id]
+        assert self.network is not None, "isolate() needs a memory network"
         self.network.partition([NodeId(node_id)], others)
 
     async def start(self, node_id: int, **overrides: Any) -> Node:
@@ -148,6 +153,61 @@ async def memory_cluster(
     network = MemoryNetwork(rng=random.Random(seed), registry=DEFAULT_REGISTRY)
     async with trio.open_nursery() as nursery:
         cluster = MemoryCluster(tmp_path, nursery, network, **overrides)
+        for node_id in nodes:
+            await cluster.start(node_id)
+        try:
+            yield cluster
+        finally:
+            for node_id in sorted(cluster._stops):
+                await cluster.stop(node_id)
+
+
+class TcpCluster(MemoryCluster):
+    """Nodes on real TCP on 127.0.0.1. A node's first start binds a free port, and every
+    running node learns it through ``Node.add_peer`` (the dynamic address book a joining
+    node needs); a restart binds the same port again and is given the others' addresses."""
+
+    def __init__(self, tmp_path: Path, nursery: trio.Nursery, **overrides: Any) -> None:
+        super().__init__(tmp_path, nursery, None, **overrides)
+        self.addresses: dict[int, tuple[str, int]] = {}
+
+    async def start(self, node_id: int, **overrides: Any) -> Node:
+        stop, stopped = trio.Event(), trio.Event()
+        host, port = self.addresses.get(node_id, ("127.0.0.1", 0))
+        peers = {NodeId(n): a for n, a in self.addresses.items() if n != node_id}
+        config = replace(
+            self.config(node_id), listen_host=host, listen_port=port, peers=peers, **overrides
+        )
+
+        async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                async with open_node(config) as node:
+                    self.nodes[node_id] = node
+                    task_status.started()
+                    await stop.wait()
+            finally:
+                self.nodes.pop(node_id, None)
+                stopped.set()
+
+        self._stops[node_id] = (stop, stopped)
+        await self.nursery.start(run)
+        node = self.nodes[node_id]
+        address = node.listen_address
+        assert address is not None
+        self.addresses[node_id] = address
+        for other_id, other in sorted(self.nodes.items()):
+            if other_id != node_id:
+                other.add_peer(node_id, *address)
+        return node
+
+
+@asynccontextmanager
+async def tcp_cluster(
+    tmp_path: Path, *, nodes: tuple[int, ...] = (1, 2, 3), **overrides: Any
+) -> AsyncIterator[TcpCluster]:
+    register_default_bodies()
+    async with trio.open_nursery() as nursery:
+        cluster = TcpCluster(tmp_path, nursery, **overrides)
         for node_id in nodes:
             await cluster.start(node_id)
         try:

@@ -1,4 +1,5 @@
-"""Placement: range descriptors, the range map, and (later) the placement driver."""
+"""Placement: range descriptors, the range map, the meta group's commands and state, and the
+pure planner (the placement driver that executes it is ``shardb.server.placer``)."""
 
 from shardb.placement.descriptors import Key, RangeDescriptor, RangeMap, RangeMapError
 
@@ -7,6 +8,7 @@ __all__ = ["Key", "RangeDescriptor", "RangeMap", "RangeMapError"]
 from shardb.placement.meta import (
     META_GROUP_ID,
     CreateTable,
+    DecommissionNode,
     DropTable,
     MergeRanges,
     MetaCommand,
@@ -17,7 +19,10 @@ from shardb.placement.meta import (
     NodeInfo,
     NodeJoined,
     PkType,
+    RemoveNode,
+    ReserveNodeId,
     SetLeaseholder,
+    SetMembers,
     SetReplicas,
     SetTableOption,
     SplitRange,
@@ -52,6 +57,7 @@ __all__ += [
     "AddLearner",
     "ClusterView",
     "CreateTable",
+    "DecommissionNode",
     "DropTable",
     "Merge",
     "MergeRanges",
@@ -69,9 +75,12 @@ __all__ += [
     "PlacementSettings",
     "Promote",
     "RangeView",
+    "RemoveNode",
     "RemoveReplica",
     "ReplaceDeadReplica",
+    "ReserveNodeId",
     "SetLeaseholder",
+    "SetMembers",
     "SetReplicas",
     "SetTableOption",
     "Split",

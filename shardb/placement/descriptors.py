@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from consensus.types import GroupId, NodeId
+from shardb.placement.wire import optional
 
 Key = int | str
 """A primary-key value: SQLite INTEGER or TEXT."""
@@ -38,9 +39,13 @@ class RangeDescriptor:
     """Exclusive upper bound; None = unbounded above."""
     group_id: GroupId
     replicas: tuple[NodeId, ...]
+    """The group's voters."""
     backend: str
     """"raft" or "paxos" (``consensus.backends.Backend`` values)."""
     epoch: int = 1
+    learners: tuple[NodeId, ...] = optional(())
+    """Non-voting members catching up before they are promoted (a move's first step);
+    never also in ``replicas``. Last, with a default, so records without it still decode."""
 
     def contains(self, key: Key) -> bool:
         if self.start_key is not None and key < self.start_key:  # type: ignore[operator]  # one key type per table

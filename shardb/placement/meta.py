@@ -11,6 +11,11 @@ the replicated state, so a CreateTable or SplitRange names the same new groups o
 Group id 0 is the host's own channel (``consensus.host.HOST_GROUP``) and group id 1 is the meta
 group itself (``META_GROUP_ID``); user groups start at 2.
 
+Nodes: node ids are allocated here too (``ReserveNodeId``, from a counter above every id ever
+known), so a new node never reuses the id of a removed one, whose old replicas other nodes may
+still remember. Removal is two-step: ``DecommissionNode`` marks a node for the planner to
+drain, ``RemoveNode`` forgets it once no range lists it as a voter or learner.
+
 Epochs: a command that changes a range's bounds or replicas names the epoch it was planned
 against and is refused with ``STALE_EPOCH`` if the range has moved on, which makes planner
 operations computed from an old cluster view harmless (optimistic concurrency). Every such change
@@ -31,11 +36,12 @@ from consensus.api import Logger
 from consensus.backends import Backend
 from consensus.types import GroupId, NodeId
 from shardb.placement.descriptors import Key, RangeDescriptor, RangeMap, RangeMapError
-from shardb.placement.wire import WireError, from_plain, pack, to_plain, unpack
+from shardb.placement.wire import WireError, from_plain, optional, pack, to_plain, unpack
 
 META_GROUP_ID = GroupId(1)
 FIRST_USER_GROUP_ID = 2
 FIRST_RANGE_ID = 1
+FIRST_NODE_ID = 1
 FORMAT_VERSION = 1
 """Bumped on any incompatible change of a command's or the snapshot's fields."""
 
@@ -73,6 +79,12 @@ class NodeInfo:
     alive: bool
     capacity_bytes: int = 0
     """0 = unlimited."""
+    peer_address: str = optional("")
+    """The consensus transport's ``host:port`` (``address`` is the client-facing one), so
+    other nodes can add this one as a peer; empty if the node did not say."""
+    decommissioning: bool = optional(False)
+    """Set by ``DecommissionNode``: the planner moves every replica off this node and places
+    nothing new on it; ``RemoveNode`` then forgets it."""
 
 
 # --------------------------------------------------------------------------- commands
@@ -124,11 +136,23 @@ class MergeRanges:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SetReplicas:
-    """Record a range's voters after its group committed a membership change (a move step)."""
+    """Record a range's voters after its group committed a membership change (a move step).
+    Same as ``SetMembers`` with the range's current learners, less any now among the voters."""
 
     range_id: int
     epoch: int
     replicas: tuple[NodeId, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetMembers:
+    """Record a range's voters and learners after its group committed a membership change;
+    bumps the epoch. Voters non-empty, no node in both, every node known."""
+
+    range_id: int
+    epoch: int
+    voters: tuple[NodeId, ...]
+    learners: tuple[NodeId, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,10 +170,33 @@ class NodeJoined:
     node_id: NodeId
     address: str
     capacity_bytes: int = 0
+    peer_address: str = optional("")
+    """See ``NodeInfo.peer_address``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeDown:
+    node_id: NodeId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReserveNodeId:
+    """Allocate a fresh node id (``MetaResult.node_id``) for a node about to join: above every
+    id known or reserved before, so never one a removed node had."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecommissionNode:
+    """Mark a node ``decommissioning`` (idempotent): drain it, place nothing new on it."""
+
+    node_id: NodeId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoveNode:
+    """Forget a node; refused while any range lists it as a voter or learner. Its id is
+    never given out again and it cannot rejoin under it."""
+
     node_id: NodeId
 
 
@@ -170,10 +217,14 @@ MetaCommand: TypeAlias = (
     | SplitRange
     | MergeRanges
     | SetReplicas
+    | SetMembers
     | SetLeaseholder
     | NodeJoined
     | NodeDown
     | SetTableOption
+    | ReserveNodeId
+    | DecommissionNode
+    | RemoveNode
 )
 
 _TAGS: dict[type[object], str] = {
@@ -186,6 +237,10 @@ _TAGS: dict[type[object], str] = {
     NodeJoined: "node_joined",
     NodeDown: "node_down",
     SetTableOption: "set_table_option",
+    SetMembers: "set_members",
+    ReserveNodeId: "reserve_node_id",
+    DecommissionNode: "decommission_node",
+    RemoveNode: "remove_node",
 }
 _CLASSES: dict[str, type[object]] = {tag: cls for cls, tag in _TAGS.items()}
 
@@ -226,6 +281,10 @@ class MetaErrorCode(enum.Enum):
     REPLICAS_DIFFER = "replicas_differ"
     BAD_REPLICAS = "bad_replicas"
     NOT_ENOUGH_NODES = "not_enough_nodes"
+    NODE_IN_USE = "node_in_use"
+    """RemoveNode of a node some range still lists as a voter or learner."""
+    NODE_REMOVED = "node_removed"
+    """NodeJoined under the id of a removed node: reserve a new id instead."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -238,6 +297,8 @@ class MetaResult:
     """Descriptors created or changed by the command, sorted by range id."""
     retired_groups: tuple[GroupId, ...] = ()
     """Groups that no longer own any range (dropped table, merged-away right range)."""
+    node_id: NodeId | None = None
+    """The id a ``ReserveNodeId`` allocated."""
 
     @property
     def ok(self) -> bool:
@@ -261,6 +322,8 @@ class _Image:
     nodes: tuple[NodeInfo, ...]
     ranges: tuple[RangeDescriptor, ...]
     leaders: tuple[tuple[int, NodeId], ...]
+    next_node_id: int = optional(FIRST_NODE_ID)
+    removed_nodes: tuple[NodeId, ...] = optional(())
 
 
 # --------------------------------------------------------------------------- state machine
@@ -277,6 +340,8 @@ class MetaState:
         self._leaders: dict[int, NodeId] = {}
         self._next_range_id = FIRST_RANGE_ID
         self._next_group_id = FIRST_USER_GROUP_ID
+        self._next_node_id = FIRST_NODE_ID
+        self._removed_nodes: set[NodeId] = set()
 
     # ----------------------------------------------------------------- queries
 
@@ -288,6 +353,22 @@ class MetaState:
 
     def nodes(self) -> tuple[NodeInfo, ...]:
         return tuple(self._nodes[n] for n in sorted(self._nodes))
+
+    def node(self, node_id: NodeId) -> NodeInfo | None:
+        return self._nodes.get(node_id)
+
+    def next_group_id(self) -> int:
+        """Every group id below this was allocated (a group id at or above it is unknown to
+        this state, not retired)."""
+        return self._next_group_id
+
+    def next_range_id(self) -> int:
+        """Every range id below this was allocated."""
+        return self._next_range_id
+
+    def removed_nodes(self) -> tuple[NodeId, ...]:
+        """Ids of removed nodes, which may not rejoin under them, ascending."""
+        return tuple(sorted(self._removed_nodes))
 
     def ranges(self) -> tuple[RangeDescriptor, ...]:
         """Every range of every table, by range id."""
@@ -328,6 +409,8 @@ class MetaState:
                     return self._on_merge_ranges(command)
                 case SetReplicas():
                     return self._on_set_replicas(command)
+                case SetMembers():
+                    return self._on_set_members(command)
                 case SetLeaseholder():
                     return self._on_set_leaseholder(command)
                 case NodeJoined():
@@ -336,6 +419,12 @@ class MetaState:
                     return self._on_node_down(command)
                 case SetTableOption():
                     return self._on_set_table_option(command)
+                case ReserveNodeId():
+                    return self._on_reserve_node_id()
+                case DecommissionNode():
+                    return self._on_decommission_node(command)
+                case RemoveNode():
+                    return self._on_remove_node(command)
                 case _:
                     raise _Rejected(MetaErrorCode.MALFORMED, f"not a meta command: {command!r}")
         except _Rejected as rejected:
@@ -362,7 +451,12 @@ class MetaState:
         for low, high in itertools.pairwise(cmd.split_points):
             if not low < high:  # type: ignore[operator]  # same type, checked above
                 raise _Rejected(MetaErrorCode.INVALID, "split points must be strictly increasing")
-        live = [n for n in sorted(self._nodes) if self._nodes[n].alive]
+        # A decommissioning node is being drained: new ranges go elsewhere.
+        live = [
+            n
+            for n in sorted(self._nodes)
+            if self._nodes[n].alive and not self._nodes[n].decommissioning
+        ]
         if len(live) < cmd.replication_factor:
             raise _Rejected(
                 MetaErrorCode.NOT_ENOUGH_NODES,
@@ -485,6 +579,13 @@ class MetaState:
                 MetaErrorCode.NOT_ADJACENT,
                 f"range {right.range_id} does not start where range {left.range_id} ends",
             )
+        if left.learners or right.learners:
+            # A learner is a move in progress: the voters are about to change, and a merged
+            # group must not inherit half of a move.
+            raise _Rejected(
+                MetaErrorCode.REPLICAS_DIFFER,
+                f"ranges {left.range_id} and {right.range_id} must have no learners to merge",
+            )
         if left.replicas != right.replicas:
             raise _Rejected(
                 MetaErrorCode.REPLICAS_DIFFER,
@@ -502,20 +603,47 @@ class MetaState:
 
     def _on_set_replicas(self, cmd: SetReplicas) -> MetaResult:
         descriptor = self._range_at_epoch(cmd.range_id, cmd.epoch)
-        if not cmd.replicas:
-            raise _Rejected(MetaErrorCode.BAD_REPLICAS, "a range needs at least one replica")
-        if len(set(cmd.replicas)) != len(cmd.replicas):
+        learners = tuple(n for n in descriptor.learners if n not in cmd.replicas)
+        return self._set_members(descriptor, cmd.replicas, learners)
+
+    def _on_set_members(self, cmd: SetMembers) -> MetaResult:
+        descriptor = self._range_at_epoch(cmd.range_id, cmd.epoch)
+        return self._set_members(descriptor, cmd.voters, cmd.learners)
+
+    def _set_members(
+        self,
+        descriptor: RangeDescriptor,
+        voters: tuple[NodeId, ...],
+        learners: tuple[NodeId, ...],
+    ) -> MetaResult:
+        if not voters:
+            raise _Rejected(MetaErrorCode.BAD_REPLICAS, "a range needs at least one voter")
+        if len(set(voters)) != len(voters) or len(set(learners)) != len(learners):
             raise _Rejected(MetaErrorCode.BAD_REPLICAS, "replicas must be on distinct nodes")
-        for node in sorted(cmd.replicas):
+        both = sorted(set(voters) & set(learners))
+        if both:
+            raise _Rejected(
+                MetaErrorCode.BAD_REPLICAS, f"nodes {both} cannot be both voter and learner"
+            )
+        for node in sorted((*voters, *learners)):
             if node not in self._nodes:
                 raise _Rejected(MetaErrorCode.UNKNOWN_NODE, f"no node {node}")
         updated = replace(
-            descriptor, replicas=tuple(sorted(cmd.replicas)), epoch=descriptor.epoch + 1
+            descriptor,
+            replicas=tuple(sorted(voters)),
+            learners=tuple(sorted(learners)),
+            epoch=descriptor.epoch + 1,
         )
         self._ranges[updated.range_id] = updated
+        # Leader hints name voters only: a learner never leads.
         if self._leaders.get(updated.range_id) not in updated.replicas:
             self._leaders.pop(updated.range_id, None)
-        self._log.info("replicas_set", range_id=updated.range_id, replicas=list(updated.replicas))
+        self._log.info(
+            "members_set",
+            range_id=updated.range_id,
+            voters=list(updated.replicas),
+            learners=list(updated.learners),
+        )
         return MetaResult(ranges=(updated,))
 
     def _on_set_leaseholder(self, cmd: SetLeaseholder) -> MetaResult:
@@ -535,10 +663,55 @@ class MetaState:
             raise _Rejected(MetaErrorCode.INVALID, "node ids start at 1")
         if cmd.capacity_bytes < 0:
             raise _Rejected(MetaErrorCode.INVALID, "capacity must not be negative")
+        if cmd.node_id in self._removed_nodes:
+            raise _Rejected(
+                MetaErrorCode.NODE_REMOVED,
+                f"node {cmd.node_id} was removed; a new node reserves a new id",
+            )
+        previous = self._nodes.get(cmd.node_id)
         self._nodes[cmd.node_id] = NodeInfo(
-            node_id=cmd.node_id, address=cmd.address, alive=True, capacity_bytes=cmd.capacity_bytes
+            node_id=cmd.node_id,
+            address=cmd.address,
+            alive=True,
+            capacity_bytes=cmd.capacity_bytes,
+            peer_address=cmd.peer_address,
+            # A restart does not cancel a decommission: the node still has to be drained.
+            decommissioning=previous is not None and previous.decommissioning,
         )
+        self._next_node_id = max(self._next_node_id, cmd.node_id + 1)
         self._log.info("node_joined", joined=cmd.node_id, address=cmd.address)
+        return MetaResult()
+
+    def _on_reserve_node_id(self) -> MetaResult:
+        node_id = NodeId(self._next_node_id)
+        self._next_node_id += 1
+        self._log.info("node_id_reserved", reserved=node_id)
+        return MetaResult(node_id=node_id)
+
+    def _on_decommission_node(self, cmd: DecommissionNode) -> MetaResult:
+        node = self._nodes.get(cmd.node_id)
+        if node is None:
+            raise _Rejected(MetaErrorCode.UNKNOWN_NODE, f"no node {cmd.node_id}")
+        self._nodes[cmd.node_id] = replace(node, decommissioning=True)
+        self._log.info("node_decommissioning", decommissioned=cmd.node_id)
+        return MetaResult()
+
+    def _on_remove_node(self, cmd: RemoveNode) -> MetaResult:
+        if cmd.node_id not in self._nodes:
+            raise _Rejected(MetaErrorCode.UNKNOWN_NODE, f"no node {cmd.node_id}")
+        using = [
+            r.range_id
+            for r in self.ranges()
+            if cmd.node_id in r.replicas or cmd.node_id in r.learners
+        ]
+        if using:
+            raise _Rejected(
+                MetaErrorCode.NODE_IN_USE,
+                f"node {cmd.node_id} is still a member of ranges {using[:10]}",
+            )
+        del self._nodes[cmd.node_id]
+        self._removed_nodes.add(cmd.node_id)
+        self._log.info("node_removed", removed=cmd.node_id)
         return MetaResult()
 
     def _on_node_down(self, cmd: NodeDown) -> MetaResult:
@@ -593,6 +766,8 @@ class MetaState:
             nodes=self.nodes(),
             ranges=self.ranges(),
             leaders=tuple(sorted(self._leaders.items())),
+            next_node_id=self._next_node_id,
+            removed_nodes=self.removed_nodes(),
         )
         return pack([FORMAT_VERSION, to_plain(image)])
 
@@ -610,6 +785,11 @@ class MetaState:
         state._nodes = {n.node_id: n for n in image.nodes}
         state._ranges = {r.range_id: r for r in image.ranges}
         state._leaders = dict(image.leaders)
+        # Snapshots from before node ids were allocated here lack the counter: start it above
+        # every id they know (for newer snapshots it already is).
+        known = (*state._nodes, *image.removed_nodes)
+        state._next_node_id = max(image.next_node_id, max(known, default=0) + 1)
+        state._removed_nodes = set(image.removed_nodes)
         state._check_invariants()
         return state
 
@@ -629,6 +809,12 @@ class MetaState:
                 self.range_map(name)
             except RangeMapError as exc:
                 raise WireError(f"meta snapshot: {exc}") from exc
+        if any(n in self._nodes for n in self._removed_nodes):
+            raise WireError("meta snapshot: a removed node is still known")
+        for descriptor in self._ranges.values():
+            members = (*descriptor.replicas, *descriptor.learners)
+            if len(set(members)) != len(members):
+                raise WireError(f"meta snapshot: range {descriptor.range_id} repeats a member")
         for range_id, node in sorted(self._leaders.items()):
             led = self._ranges.get(range_id)
             if led is None or node not in led.replicas:

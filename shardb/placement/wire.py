@@ -9,6 +9,12 @@ to a lagging replica, and unpickling peer input runs arbitrary code.
 Supported field types: ``int``, ``bool``, ``str``, ``bytes``, ``None``, ``NewType`` over those,
 ``enum.Enum`` members (by value), unions of these (``Key | None``), ``tuple[X, ...]``, fixed
 ``tuple[X, Y]`` and nested dataclasses.
+
+Optional trailing fields. A field added to a record goes last, declared with ``optional(...)``
+(a default plus a marker); the encoder leaves out trailing optional fields that equal their
+defaults and the decoder fills in missing ones, so a record that does not use a new field is
+the same bytes as before the field existed, and bytes written before it decode. Equal records
+still give equal bytes.
 """
 
 from __future__ import annotations
@@ -40,8 +46,32 @@ def to_plain(value: object) -> object:
     if isinstance(value, tuple | list):
         return [to_plain(item) for item in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)]
+        fields = dataclasses.fields(value)
+        values = [getattr(value, f.name) for f in fields]
+        count = len(fields)
+        while count > 0 and _is_default(fields[count - 1], values[count - 1]):
+            count -= 1
+        return [to_plain(v) for v in values[:count]]
     raise WireError(f"cannot encode {type(value).__name__}")
+
+
+_OPTIONAL: Any = {"shardb.wire": "optional"}
+
+
+def optional(default: T) -> T:
+    """A dataclass field default for a field added after records were already stored or
+    sent: omitted on the wire while it holds ``default`` (immutable values only)."""
+    field: T = dataclasses.field(default=default, metadata=_OPTIONAL)
+    return field
+
+
+def _is_optional(field: dataclasses.Field[Any]) -> bool:
+    return field.metadata.get("shardb.wire") == "optional"
+
+
+def _is_default(field: dataclasses.Field[Any], value: object) -> bool:
+    default = field.default
+    return _is_optional(field) and type(value) is type(default) and value == default
 
 
 def pack(value: object) -> bytes:
@@ -126,12 +156,13 @@ def _decode_dataclass(cls: type[Any], raw: object, where: str) -> object:
     if not isinstance(raw, list):
         raise WireError(f"{where}: expected array for {cls.__name__}")
     fields = dataclasses.fields(cls)
-    if len(raw) != len(fields):
+    if len(raw) > len(fields) or not all(_is_optional(f) for f in fields[len(raw) :]):
+        # Only trailing optional fields may be left out (see the module docstring).
         raise WireError(f"{where}: {cls.__name__} has {len(fields)} fields, got {len(raw)}")
     hints = typing.get_type_hints(cls)
     kwargs = {
         f.name: _decode(hints[f.name], item, f"{where}.{f.name}")
-        for f, item in zip(fields, raw, strict=True)
+        for f, item in zip(fields, raw, strict=False)
     }
     try:
         return cls(**kwargs)

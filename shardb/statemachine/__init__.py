@@ -3,17 +3,22 @@
 ``ShardStateMachine`` is what a shardb node hands to ``open_node``: it routes the meta group
 (``META_GROUP_ID``) to ``MetaMachine`` and every registered range to ``SqlStateMachine`` (user
 tables in one SQLite file per node, one range per group). SQL commands are built with
-``encode_write`` / ``encode_ddl`` / ``encode_split``, reads with ``encode_query``, and every
-result decodes with ``decode_result``; meta commands are ``shardb.placement.encode_command``,
-their results decode with ``decode_meta_result``, the meta read is ``encode_meta_query``.
+``encode_write`` / ``encode_ddl`` / ``encode_split`` / ``encode_freeze`` / ``encode_merge``,
+reads with ``encode_query``, and every result decodes with ``decode_result``; meta commands
+are ``shardb.placement.encode_command``, their results decode with ``decode_meta_result``, the
+meta read is ``encode_meta_query``.
 """
 
 from shardb.statemachine.commands import (
+    MAX_MERGE_BYTES,
+    SEED_INDEX,
     ResultCode,
     decode_result,
     descriptor_from_wire,
     descriptor_to_wire,
     encode_ddl,
+    encode_freeze,
+    encode_merge,
     encode_query,
     encode_split,
     encode_write,
@@ -21,6 +26,7 @@ from shardb.statemachine.commands import (
 from shardb.statemachine.machine import (
     RESERVED_PREFIX,
     SNAPSHOT_FORMAT,
+    GroupRetired,
     RangeOverlap,
     RangeStats,
     SqlStateMachine,
@@ -37,10 +43,13 @@ from shardb.statemachine.metamachine import (
 from shardb.statemachine.shard import META_FILE, ShardStateMachine
 
 __all__ = [
+    "MAX_MERGE_BYTES",
     "META_FILE",
     "META_SNAPSHOT_FORMAT",
     "RESERVED_PREFIX",
+    "SEED_INDEX",
     "SNAPSHOT_FORMAT",
+    "GroupRetired",
     "MetaMachine",
     "RangeOverlap",
     "RangeStats",
@@ -54,6 +63,8 @@ __all__ = [
     "descriptor_from_wire",
     "descriptor_to_wire",
     "encode_ddl",
+    "encode_freeze",
+    "encode_merge",
     "encode_meta_query",
     "encode_meta_result",
     "encode_query",

@@ -5,8 +5,12 @@ msgpack primitive, so a command is the same bytes on every replica and decodes t
 everywhere; a command that does not decode is a deterministic error (``ResultCode.MALFORMED``).
 
 Results are maps with ``ok`` (bool) and, on failure, ``code`` (a ``ResultCode`` value) and
-``error`` (for SQLite errors: SQLite's own message, verbatim). A ``STALE_EPOCH`` result carries
-the group's current ``descriptor`` so the gateway can refresh its range cache.
+``error`` (for SQLite errors: SQLite's own message, verbatim). A ``STALE_EPOCH`` or
+``RANGE_FROZEN`` result carries the group's current ``descriptor`` so the gateway can refresh
+its range cache.
+
+Merges take two commands (see ``SqlStateMachine``): ``encode_freeze`` on the right-hand range R
+stops its writes; ``encode_merge`` on the left range L carries all of frozen R's rows into L.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Final
 
 import msgpack
 
+from consensus.runtime.node import SEED_INDEX as RUNTIME_SEED_INDEX
 from consensus.types import GroupId, NodeId
 from shardb.placement.descriptors import Key, RangeDescriptor
 
@@ -25,6 +30,17 @@ Value = int | float | str | bytes | None
 
 MAX_SQL_CHARS: Final = 1 << 20
 """A replicated statement is bounded so one command cannot bloat every replica's log."""
+
+MAX_MERGE_BYTES: Final = 4 << 20
+"""A merge command (all of R's rows) larger than this is refused: a log entry is at most
+8 MiB, and half of it leaves room for the framing and a batch's other entries. Callers check
+``len(encode_merge(...))`` before proposing; bigger ranges must shrink (or not merge) first."""
+
+# The applied index a range's group starts at when its initial rows did not come from its own
+# log (a new table's ranges, the right half of a split): the runtime starts such a group from
+# ``snapshot(group_id)`` at SEED_INDEX, so a replica added later gets a snapshot, never entries
+# from index 1 that would rebuild the range without its initial rows.
+SEED_INDEX: Final = RUNTIME_SEED_INDEX
 
 
 class ResultCode(enum.Enum):
@@ -43,6 +59,13 @@ class ResultCode(enum.Enum):
     """The group's table was dropped."""
     BAD_SPLIT_KEY = "bad_split_key"
     MALFORMED = "malformed"
+    RANGE_FROZEN = "range_merging"
+    """Retryable: the range is frozen for a merge into its left neighbour; writes, DDL and
+    splits are refused until the meta group routes its keys to the merged range. Carries
+    ``descriptor``; reads still work."""
+    RANGE_RETIRED = "range_retired"
+    """Retryable elsewhere: the group was merged into its left neighbour on this node; route
+    by a fresh meta view."""
 
 
 def pack(obj: Any) -> bytes:
@@ -58,7 +81,9 @@ def unpack(data: bytes) -> Any:
 
 
 def descriptor_to_wire(descriptor: RangeDescriptor) -> dict[str, Any]:
-    return {
+    """A descriptor as a msgpack map; ``learners`` only when there are some, so the bytes of
+    a descriptor without learners are what they were before learners existed."""
+    wire: dict[str, Any] = {
         "range_id": descriptor.range_id,
         "table": descriptor.table,
         "start_key": descriptor.start_key,
@@ -68,6 +93,15 @@ def descriptor_to_wire(descriptor: RangeDescriptor) -> dict[str, Any]:
         "backend": descriptor.backend,
         "epoch": descriptor.epoch,
     }
+    if descriptor.learners:
+        wire["learners"] = [int(n) for n in descriptor.learners]
+    return wire
+
+
+def _nodes(raw: object, what: str) -> tuple[NodeId, ...]:
+    if not isinstance(raw, Sequence) or isinstance(raw, str | bytes):
+        raise ValueError(f"{what} must be an array")
+    return tuple(NodeId(_int(n, what)) for n in raw)
 
 
 def _key_or_none(raw: object, what: str) -> Key | None:
@@ -91,18 +125,16 @@ def _str(raw: object, what: str) -> str:
 def descriptor_from_wire(raw: object) -> RangeDescriptor:
     if not isinstance(raw, Mapping):
         raise ValueError("a descriptor must be a map")
-    replicas = raw.get("replicas")
-    if not isinstance(replicas, Sequence) or isinstance(replicas, str | bytes):
-        raise ValueError("replicas must be an array")
     return RangeDescriptor(
         range_id=_int(raw.get("range_id"), "range_id"),
         table=_str(raw.get("table"), "table"),
         start_key=_key_or_none(raw.get("start_key"), "start_key"),
         end_key=_key_or_none(raw.get("end_key"), "end_key"),
         group_id=GroupId(_int(raw.get("group_id"), "group_id")),
-        replicas=tuple(NodeId(_int(n, "replica")) for n in replicas),
+        replicas=_nodes(raw.get("replicas"), "replicas"),
         backend=_str(raw.get("backend"), "backend"),
         epoch=_int(raw.get("epoch"), "epoch"),
+        learners=_nodes(raw.get("learners", []), "learners"),
     )
 
 
@@ -121,17 +153,30 @@ def _params(params: Sequence[object]) -> list[Value]:
     return checked
 
 
-def encode_write(table: str, sql: str, params: Sequence[object], range_epoch: int) -> bytes:
-    """An INSERT/UPDATE/DELETE sub-statement routed to one range (``shardb.sql.Target``)."""
-    return pack(
-        {
-            "op": "write",
-            "table": table,
-            "sql": sql,
-            "params": _params(params),
-            "range_epoch": range_epoch,
-        }
-    )
+Bounds = tuple[Key | None, Key | None]
+"""``[start, end)`` of the range a gateway routed a sub-statement to (None: unbounded)."""
+
+
+def encode_write(
+    table: str,
+    sql: str,
+    params: Sequence[object],
+    range_epoch: int,
+    bounds: Bounds | None = None,
+) -> bytes:
+    """An INSERT/UPDATE/DELETE sub-statement routed to one range (``shardb.sql.Target``).
+    ``bounds`` are the range's bounds as the gateway saw them: a group whose own bounds do not
+    cover them refuses the command (``STALE_EPOCH``) instead of silently confining it."""
+    command: dict[str, Any] = {
+        "op": "write",
+        "table": table,
+        "sql": sql,
+        "params": _params(params),
+        "range_epoch": range_epoch,
+    }
+    if bounds is not None:
+        command["bounds"] = list(bounds)
+    return pack(command)
 
 
 def encode_ddl(table: str, sql: str) -> bytes:
@@ -155,9 +200,53 @@ def encode_split(split_key: Key, range_epoch: int, new_epoch: int, right: RangeD
     )
 
 
-def encode_query(sql: str, params: Sequence[object], range_epoch: int) -> bytes:
-    """A read-only SELECT sub-statement for ``SqlStateMachine.query``."""
-    return pack({"op": "query", "sql": sql, "params": _params(params), "range_epoch": range_epoch})
+def encode_freeze(range_epoch: int) -> bytes:
+    """First step of a merge, on the right-hand range R: from this entry on, R refuses
+    writes, DDL and splits (``RANGE_FROZEN``) and still serves reads, so rows read from R at
+    or after the freeze's index are all of R's rows, for good. Idempotent. The result carries
+    ``applied`` (the freeze entry's index) and ``descriptor``."""
+    return pack({"op": "freeze", "range_epoch": range_epoch})
+
+
+def encode_merge(
+    range_epoch: int,
+    new_epoch: int,
+    right: RangeDescriptor,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[object]],
+) -> bytes:
+    """Second step of a merge, on the left range L: absorb the frozen right neighbour
+    ``right`` (its descriptor at the freeze) whose rows are ``rows`` (every one of them,
+    values in ``columns`` order, read from frozen R). L becomes ``[L.start, right.end)`` with
+    ``new_epoch``; this node's group of R, if any, is retired. The result carries the merged
+    ``descriptor`` and ``rows`` (how many were carried). Refused when larger than
+    ``MAX_MERGE_BYTES``."""
+    return pack(
+        {
+            "op": "merge",
+            "range_epoch": range_epoch,
+            "new_epoch": new_epoch,
+            "right": descriptor_to_wire(right),
+            "columns": list(columns),
+            "rows": [_params(row) for row in rows],
+        }
+    )
+
+
+def encode_query(
+    sql: str, params: Sequence[object], range_epoch: int, bounds: Bounds | None = None
+) -> bytes:
+    """A read-only SELECT sub-statement for ``SqlStateMachine.query`` (``bounds`` as for
+    ``encode_write``)."""
+    command: dict[str, Any] = {
+        "op": "query",
+        "sql": sql,
+        "params": _params(params),
+        "range_epoch": range_epoch,
+    }
+    if bounds is not None:
+        command["bounds"] = list(bounds)
+    return pack(command)
 
 
 def decode_result(data: bytes) -> dict[str, Any]:
@@ -175,13 +264,17 @@ def error_result(code: ResultCode, message: str, **extra: Any) -> bytes:
 
 
 __all__ = [
+    "MAX_MERGE_BYTES",
     "MAX_SQL_CHARS",
+    "SEED_INDEX",
     "ResultCode",
     "Value",
     "decode_result",
     "descriptor_from_wire",
     "descriptor_to_wire",
     "encode_ddl",
+    "encode_freeze",
+    "encode_merge",
     "encode_query",
     "encode_split",
     "encode_write",

@@ -7,8 +7,15 @@ the one physical table ``t``: their ranges are disjoint, so a split copies no da
 right-hand group starts from the parent's rows.
 
 Bookkeeping lives in ``shardb_applied(group_id, idx)`` and ``shardb_groups(group_id, range_id,
-table_name, start_key, end_key, epoch, replicas, backend, schema, key_column, dropped)``; user
-tables named ``shardb_*`` are refused.
+table_name, start_key, end_key, epoch, replicas, backend, schema, key_column, dropped, frozen,
+retired, learners)`` (the last three added by ``ALTER TABLE`` when an older file is opened);
+user tables named ``shardb_*`` are refused.
+
+Seeded ranges. A group whose initial rows did not come from its own log (a new table's range,
+registered empty by ``register_group``; the right half of a split, registered from the
+parent's rows) starts at applied ``SEED_INDEX``, not 0. Its log from index 1 is not its
+history, so a replica added later must start from a snapshot: the runtime starts such a group
+from ``snapshot(group_id)`` at ``SEED_INDEX``, and entries at or below it are never applied.
 
 Exactly once (ARCHITECTURE.md, "State machine"): a batch's row changes and the group's applied
 index commit in one transaction; entries at or below applied are skipped. Each command runs in
@@ -26,11 +33,30 @@ others have not is only a performance difference. DROP TABLE deletes the group's
 the group dropped; the physical table goes when no live group on the node uses it.
 
 Splits. ``encode_split`` names the right half the meta group allocated; the parent shrinks and
-the right group is registered (applied 0, the rows already in the shared table) in the SAME
-transaction, so on every replica the right group exists exactly when its parent has applied
+the right group is registered (applied ``SEED_INDEX``, the rows already in the shared table) in
+the SAME transaction, so on every replica the right group exists exactly when its parent has applied
 every entry before the split. Live groups of one table on a node never overlap:
 ``register_group`` refuses an overlapping range (``RangeOverlap``) and clears rows no live
 group owns, and ``restore`` refuses a snapshot whose range overlaps another live group.
+
+Merges (right range R into its left neighbour L, same table, R starting at L's end). First
+``encode_freeze`` on R: R is frozen (persisted, and carried by its snapshots) and refuses every
+later write, DDL and split with the retryable ``RANGE_FROZEN``; reads still work, so the
+coordinator reads all of R's rows at or after the freeze. Then ``encode_merge`` on L carries
+those rows. Its apply depends only on L's replicated state and the command, never on which
+other groups the node hosts: in ONE transaction it deletes every row of the shared table in
+R's span (on a node hosting R they are R's replica's rows, now superseded by the carried ones;
+elsewhere they are leftovers no live group owns), retires R's group id on this node, inserts
+the carried rows and extends L to ``[L.start, R.end)``. So L ends identical on every replica,
+whether or not the node hosts R, and whatever R's replica here had applied.
+
+A retired group id is a tombstone (bookkeeping only, no rows: its keys belong to L now):
+``apply`` answers ``RANGE_RETIRED`` for every command and only advances applied, ``snapshot``
+carries no rows, ``restore`` is ignored with a warning (a lagging replica of R may still be
+sent a snapshot before its group is removed), ``register_group`` refuses it (``GroupRetired``)
+and ``drop_group`` deletes only the bookkeeping. ``restore`` of a range that covers a FROZEN
+live group retires that group the same way: only a merge makes another range cover a frozen
+one's keys.
 """
 
 from __future__ import annotations
@@ -54,7 +80,9 @@ from shardb.placement.descriptors import Key, RangeDescriptor
 from shardb.placement.meta import FIRST_USER_GROUP_ID
 from shardb.statemachine import guard
 from shardb.statemachine.commands import (
+    MAX_MERGE_BYTES,
     MAX_SQL_CHARS,
+    SEED_INDEX,
     ResultCode,
     Value,
     descriptor_from_wire,
@@ -90,6 +118,14 @@ _SCHEMA: Final = (
         dropped INTEGER NOT NULL) STRICT""",
 )
 
+# Columns added after files were written: added on open if missing (older files), so the
+# CREATE TABLE above stays what those files hold. Defaults are what an older file meant.
+_ADDED_COLUMNS: Final = (
+    ("frozen", "frozen INTEGER NOT NULL DEFAULT 0"),
+    ("retired", "retired INTEGER NOT NULL DEFAULT 0"),
+    ("learners", "learners BLOB"),
+)
+
 # Errors of the machine, not of the statement: never recorded as an applied result.
 _ENVIRONMENTAL: Final = (
     apsw.IOError,
@@ -118,6 +154,10 @@ _DROP_TABLE = re.compile(rf"^\s*DROP\s+TABLE\s+(IF\s+EXISTS\s+)?({_NAME})\s*;?\s
 
 class TableRefused(StateMachineError):
     """register_group was given a table the state machine cannot host."""
+
+
+class GroupRetired(StateMachineError):
+    """register_group was given a group this node retired (merged into its left neighbour)."""
 
 
 class RangeOverlap(StateMachineError):
@@ -153,6 +193,15 @@ class _Group:
     key_column: str
     integer_key: bool
     dropped: bool = False
+    frozen: bool = False
+    """Frozen for a merge into the left neighbour: no more writes, DDL or splits."""
+    retired: bool = False
+    """Merged into the left neighbour on this node: a tombstone, it owns no rows."""
+
+    @property
+    def live(self) -> bool:
+        """Owns rows of its range on this node (not dropped, not retired)."""
+        return not self.dropped and not self.retired
 
     @property
     def table(self) -> str:
@@ -182,6 +231,12 @@ class SqlStateMachine:
         with self._conn:
             for statement in (*_SCHEMA, *guard.TEMP_SCHEMA):
                 self._conn.execute(statement)
+            present = {
+                str(row[1]) for row in self._conn.execute("PRAGMA main.table_info(shardb_groups)")
+            }
+            for name, definition in _ADDED_COLUMNS:
+                if name not in present:
+                    self._conn.execute(f"ALTER TABLE shardb_groups ADD COLUMN {definition}")
         self._applied: dict[GroupId, Index] = {
             GroupId(int(g)): Index(int(i))
             for g, i in self._conn.execute("SELECT group_id, idx FROM shardb_applied")
@@ -190,7 +245,7 @@ class SqlStateMachine:
             group.descriptor.group_id: group for group in self._load_groups()
         }
         for group in self._groups.values():
-            if not group.dropped:
+            if group.live:
                 self._ensure_guard(group)
         self._closed = False
 
@@ -199,10 +254,12 @@ class SqlStateMachine:
     def _load_groups(self) -> Iterator[_Group]:
         rows = self._conn.execute(
             """SELECT group_id, range_id, table_name, start_key, end_key, epoch, replicas,
-                      backend, schema, key_column, dropped
+                      backend, schema, key_column, dropped, frozen, retired, learners
                FROM shardb_groups ORDER BY group_id"""
         ).fetchall()
-        for gid, rid, table, start, end, epoch, replicas, backend, schema, key, dropped in rows:
+        for row in rows:
+            gid, rid, table, start, end, epoch, replicas, backend, schema, key, dropped = row[:11]
+            frozen, retired, learners = row[11:]
             descriptor = descriptor_from_wire(
                 {
                     "range_id": rid,
@@ -213,25 +270,33 @@ class SqlStateMachine:
                     "replicas": unpack(bytes(replicas)),  # type: ignore[arg-type]  # BLOB column
                     "backend": backend,
                     "epoch": epoch,
+                    "learners": [] if learners is None else unpack(bytes(learners)),  # type: ignore[arg-type]  # BLOB column
                 }
             )
+            live = not dropped and not retired
             yield _Group(
                 descriptor=descriptor,
                 schema=str(schema),
                 key_column=str(key),
-                integer_key=self._integer_key(str(table), str(key)) if not dropped else False,
+                integer_key=self._integer_key(str(table), str(key)) if live else False,
                 dropped=bool(dropped),
+                frozen=bool(frozen),
+                retired=bool(retired),
             )
 
     def register_group(
         self, group_id: GroupId, descriptor: RangeDescriptor, schema_sql: str
     ) -> RangeDescriptor:
         """Host ``group_id`` owning ``descriptor``'s range of its table, creating the table
-        from ``schema_sql`` (the user's CREATE TABLE) if this node has none. Idempotent: a
-        registered group keeps its stored descriptor (its range changes only through
-        replicated commands), which is returned."""
+        from ``schema_sql`` (the user's CREATE TABLE) if this node has none. The group starts
+        empty at applied ``SEED_INDEX`` (a seeded range, see the module docstring). Idempotent:
+        a registered group keeps its stored descriptor (its range changes only through
+        replicated commands), which is returned. Raises ``GroupRetired`` for a group this node
+        merged away."""
         require(descriptor.group_id == group_id, "descriptor is for another group")
         existing = self._groups.get(group_id)
+        if existing is not None and existing.retired:
+            raise GroupRetired(f"group {group_id} was merged into its left neighbour here")
         if existing is not None:
             return existing.descriptor
         if descriptor.table.lower().startswith(RESERVED_PREFIX):
@@ -254,10 +319,11 @@ class SqlStateMachine:
             # No live group owns these keys (checked above), so rows here are leftovers of a
             # group that no longer covers them (a snapshot that skipped a split shrinks the
             # range and leaves its old right part behind). A registered group starts at
-            # applied 0, whose state is an empty range: stale rows would diverge from it.
+            # applied SEED_INDEX, whose state is an empty range: stale rows would diverge.
             orphans = self._delete_range(group, descriptor)
             conn.execute(
-                "INSERT OR REPLACE INTO shardb_applied(group_id, idx) VALUES (?, 0)", (group_id,)
+                "INSERT OR REPLACE INTO shardb_applied(group_id, idx) VALUES (?, ?)",
+                (group_id, SEED_INDEX),
             )
             self._clear_bounds()
             conn.execute("COMMIT")
@@ -266,31 +332,46 @@ class SqlStateMachine:
                 conn.execute("ROLLBACK")
             raise
         self._groups[group_id] = group
-        self._applied[group_id] = Index(0)
+        self._applied[group_id] = SEED_INDEX
         self._log.info(
             "group_registered", group_id=group_id, table=descriptor.table, orphans_deleted=orphans
         )
         return group.descriptor
 
     def hosts(self, group_id: GroupId) -> bool:
-        """Whether ``group_id`` is registered here (a dropped table's group still is)."""
+        """Whether ``group_id`` is registered here (a dropped table's group and a retired
+        group still are)."""
         return group_id in self._groups
 
     def live_descriptors(self) -> tuple[RangeDescriptor, ...]:
-        """Current descriptors of the registered groups whose table is not dropped, by id."""
+        """Current descriptors of the registered groups whose table is not dropped and that
+        were not merged away, by id."""
         return tuple(
-            self._groups[g].descriptor for g in sorted(self._groups) if not self._groups[g].dropped
+            self._groups[g].descriptor for g in sorted(self._groups) if self._groups[g].live
         )
 
-    def _overlapping_group(self, descriptor: RangeDescriptor) -> _Group | None:
+    def retired_group_ids(self) -> tuple[GroupId, ...]:
+        """Groups merged into their left neighbour on this node, ascending: their consensus
+        groups can go (``drop_group`` then deletes only their bookkeeping)."""
+        return tuple(g for g in sorted(self._groups) if self._groups[g].retired)
+
+    def is_frozen(self, group_id: GroupId) -> bool:
+        """Whether the group applied a freeze (first step of a merge)."""
+        return self._group(self._groups, group_id).frozen
+
+    def _overlapping_group(
+        self, descriptor: RangeDescriptor, *, ignore: Sequence[_Group] = ()
+    ) -> _Group | None:
         """A live group of another id on the same table whose range shares a key with
-        ``descriptor``'s. Invariant: live groups of one table on a node are disjoint, since
-        they share the physical table."""
+        ``descriptor``'s (groups in ``ignore`` aside). Invariant: live groups of one table on
+        a node are disjoint, since they share the physical table."""
+        skip = {g.descriptor.group_id for g in ignore}
         for gid in sorted(self._groups):
             other = self._groups[gid]
             if (
                 gid != descriptor.group_id
-                and not other.dropped
+                and gid not in skip
+                and other.live
                 and other.table.lower() == descriptor.table.lower()
                 and _overlaps(other.descriptor, descriptor)
             ):
@@ -367,8 +448,9 @@ class SqlStateMachine:
         d = group.descriptor
         self._conn.execute(
             """INSERT OR REPLACE INTO shardb_groups(group_id, range_id, table_name, start_key,
-                   end_key, epoch, replicas, backend, schema, key_column, dropped)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   end_key, epoch, replicas, backend, schema, key_column, dropped, frozen,
+                   retired, learners)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
                 d.group_id,
                 d.range_id,
@@ -381,6 +463,9 @@ class SqlStateMachine:
                 group.schema,
                 group.key_column,
                 int(group.dropped),
+                int(group.frozen),
+                int(group.retired),
+                pack([int(n) for n in d.learners]) if d.learners else None,
             ),
         )
 
@@ -426,14 +511,16 @@ class SqlStateMachine:
         if not fresh:
             return tuple(results)
         self._group(self._groups, group_id)
-        # Commands may change the group (split, drop): work on a copy, publish on commit.
+        # Commands may change groups (split, drop, freeze, merge): work on a copy, publish on
+        # commit; ``seeded`` holds the applied index of groups a split registered.
         groups = dict(self._groups)
+        seeded: dict[GroupId, Index] = {}
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             for entry in fresh:
                 if entry.kind is EntryKind.NORMAL:
-                    results.append(self._execute(groups, group_id, entry.data))
+                    results.append(self._execute(groups, seeded, group_id, entry))
                 else:
                     results.append(None)
             last = fresh[-1].index
@@ -447,14 +534,29 @@ class SqlStateMachine:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        for new_group in sorted(groups.keys() - self._groups.keys()):
-            self._applied[new_group] = Index(0)  # registered by a split in this batch
+        for new_group in sorted(seeded):
+            self._applied[new_group] = seeded[new_group]
         self._groups = groups
         self._applied[group_id] = last
         return tuple(results)
 
-    def _execute(self, groups: dict[GroupId, _Group], group_id: GroupId, data: bytes) -> bytes:
+    def _execute(
+        self,
+        groups: dict[GroupId, _Group],
+        seeded: dict[GroupId, Index],
+        group_id: GroupId,
+        entry: Entry,
+    ) -> bytes:
         group = groups[group_id]
+        if group.retired:
+            # The tombstone of a merged-away range: its keys are the left range's now. The
+            # entry still counts as applied, so the group's log can be replayed or dropped.
+            return error_result(
+                ResultCode.RANGE_RETIRED,
+                f"group {group_id} was merged into its left neighbour",
+                descriptor=descriptor_to_wire(group.descriptor),
+            )
+        data = entry.data
         try:
             command = unpack(data)
             if not isinstance(command, dict):
@@ -466,7 +568,11 @@ class SqlStateMachine:
                     result, groups[group_id] = self._on_ddl(group, command)
                     return result
                 case "split":
-                    return self._on_split(groups, group, command)
+                    return self._on_split(groups, seeded, group, command)
+                case "freeze":
+                    return self._on_freeze(groups, group, command, entry.index)
+                case "merge":
+                    return self._on_merge(groups, group, command, len(data))
                 case other:
                     raise ValueError(f"unknown command {other!r}")
         except _Refusal as refusal:
@@ -486,6 +592,27 @@ class SqlStateMachine:
                 descriptor=descriptor_to_wire(group.descriptor),
             )
 
+    def _check_bounds(self, group: _Group, raw: object) -> None:
+        """The gateway routed by bounds this group does not cover yet: the meta group merged
+        a neighbour into this range and its merge trigger has not applied here. Confining
+        the statement to our narrower bounds would silently skip rows, so refuse it as stale
+        (retryable: the trigger follows)."""
+        if raw is None:
+            return
+        if not isinstance(raw, list) or len(raw) != 2:
+            raise ValueError("bounds must be [start, end]")
+        lo, hi = raw
+        own = group.descriptor
+        covers_start = own.start_key is None or (lo is not None and not lo < own.start_key)
+        covers_end = own.end_key is None or (hi is not None and not own.end_key < hi)
+        if not (covers_start and covers_end):
+            raise _Refusal(
+                ResultCode.STALE_EPOCH,
+                f"routed for [{lo!r}, {hi!r}), this range is [{own.start_key!r}, "
+                f"{own.end_key!r}) (a merge is being applied)",
+                descriptor=descriptor_to_wire(own),
+            )
+
     def _check_table(self, group: _Group, raw: object) -> None:
         table = _str_field(raw, "table")
         if group.dropped:
@@ -495,9 +622,22 @@ class SqlStateMachine:
                 ResultCode.REFUSED, f"group {group.descriptor.group_id} owns {group.table}"
             )
 
+    def _check_not_frozen(self, group: _Group) -> None:
+        # A frozen range's rows are being carried into its left neighbour: a change now
+        # would be lost by the merge. Retryable: the gateway retries once meta routes the
+        # keys to the merged range.
+        if group.frozen:
+            raise _Refusal(
+                ResultCode.RANGE_FROZEN,
+                f"range {group.descriptor.range_id} is being merged into its left neighbour",
+                descriptor=descriptor_to_wire(group.descriptor),
+            )
+
     def _on_write(self, group: _Group, command: dict[str, Any]) -> bytes:
         self._check_table(group, command.get("table"))
+        self._check_not_frozen(group)
         self._check_epoch(group, command.get("range_epoch"))
+        self._check_bounds(group, command.get("bounds"))
         sql = _sql_field(command.get("sql"))
         params = _params_field(command.get("params"))
         reason = guard.check_write_text(sql, params)
@@ -579,6 +719,7 @@ class SqlStateMachine:
             raise _Refusal(
                 ResultCode.REFUSED, f"group {group.descriptor.group_id} owns {group.table}"
             )
+        self._check_not_frozen(group)
         sql = _sql_field(command.get("sql"))
         if guard.check_write_text(sql, ()) is not None:
             raise _Refusal(ResultCode.REFUSED, str(guard.check_write_text(sql, ())))
@@ -651,7 +792,7 @@ class SqlStateMachine:
     def _drop_table_if_unused(self, table: str, *, except_group: GroupId) -> None:
         users = self._conn.execute(
             "SELECT 1 FROM shardb_groups WHERE table_name = ? COLLATE NOCASE "
-            "AND dropped = 0 AND group_id != ?",
+            "AND dropped = 0 AND retired = 0 AND group_id != ?",
             (table, except_group),
         ).fetchone()
         if users is None and self._table_sql(table) is not None:
@@ -660,11 +801,17 @@ class SqlStateMachine:
     # ----------------------------------------------------------------------- split
 
     def _on_split(
-        self, groups: dict[GroupId, _Group], group: _Group, command: dict[str, Any]
+        self,
+        groups: dict[GroupId, _Group],
+        seeded: dict[GroupId, Index],
+        group: _Group,
+        command: dict[str, Any],
     ) -> bytes:
         """Shrink the group to ``[start, key)`` and, in the same transaction, register the
-        right-hand group ``[key, end)`` on this node, starting at applied 0 from the rows
-        already in the shared table (ARCHITECTURE.md "Placement driver": no data copy).
+        right-hand group ``[key, end)`` on this node, starting at applied ``SEED_INDEX`` from
+        the rows already in the shared table (ARCHITECTURE.md "Placement driver": no data
+        copy). Seeded, not 0: the right group's log never held those rows, so a replica added
+        later must start from its snapshot.
 
         Same transaction, because the right group must not exist on a replica before that
         replica's parent has applied every entry before the split: otherwise a pre-split write
@@ -677,6 +824,7 @@ class SqlStateMachine:
         hosts, which differs between replicas."""
         if group.dropped:
             raise _Refusal(ResultCode.NO_TABLE, f"no such table: {group.table}")
+        self._check_not_frozen(group)
         self._check_epoch(group, command.get("range_epoch"))
         new_epoch = _int_field(command.get("new_epoch"), "new_epoch")
         old = group.descriptor
@@ -702,7 +850,9 @@ class SqlStateMachine:
         # The meta group is the authority on replicas (SetReplicas changes them there, not in
         # this group's log), so both halves take the command's: the right group is created on
         # exactly these nodes.
-        left = replace(old, end_key=key, epoch=new_epoch, replicas=right.replicas)
+        left = replace(
+            old, end_key=key, epoch=new_epoch, replicas=right.replicas, learners=right.learners
+        )
         shrunk = replace(group, descriptor=left)
         self._store_group(shrunk)
         groups[old.group_id] = shrunk
@@ -716,10 +866,11 @@ class SqlStateMachine:
             born = replace(group, descriptor=right)
             self._store_group(born)
             self._conn.execute(
-                "INSERT OR REPLACE INTO shardb_applied(group_id, idx) VALUES (?, 0)",
-                (right.group_id,),
+                "INSERT OR REPLACE INTO shardb_applied(group_id, idx) VALUES (?, ?)",
+                (right.group_id, SEED_INDEX),
             )
             groups[right.group_id] = born
+            seeded[right.group_id] = SEED_INDEX
         self._log.info(
             "range_split",
             group_id=old.group_id,
@@ -730,6 +881,125 @@ class SqlStateMachine:
         return pack(
             {"ok": True, "descriptor": descriptor_to_wire(left), "right": descriptor_to_wire(right)}
         )
+
+    # ----------------------------------------------------------------------- merge
+
+    def _on_freeze(
+        self, groups: dict[GroupId, _Group], group: _Group, command: dict[str, Any], index: Index
+    ) -> bytes:
+        """First step of a merge, on the right range: from this entry on the range refuses
+        writes, DDL and splits, so its rows read at or after ``index`` are final and can be
+        carried into the left range by ``encode_merge``. Idempotent; persisted with the
+        group (and in its snapshots), so it survives restarts and reaches lagging replicas."""
+        if group.dropped:
+            raise _Refusal(ResultCode.NO_TABLE, f"no such table: {group.table}")
+        self._check_epoch(group, command.get("range_epoch"))
+        if not group.frozen:
+            group = replace(group, frozen=True)
+            self._store_group(group)
+            groups[group.descriptor.group_id] = group
+            self._log.info("range_frozen", group_id=group.descriptor.group_id, index=index)
+        return pack(
+            {"ok": True, "applied": int(index), "descriptor": descriptor_to_wire(group.descriptor)}
+        )
+
+    def _on_merge(
+        self, groups: dict[GroupId, _Group], group: _Group, command: dict[str, Any], size: int
+    ) -> bytes:
+        """Absorb the frozen right neighbour named by the command, carrying its rows (module
+        docstring, "Merges"). Every check runs before anything is written and uses only this
+        group's replicated state and the command, so every replica of L decides alike; the
+        changes then happen in one savepoint, so a failing row leaves nothing behind."""
+        if group.dropped:
+            raise _Refusal(ResultCode.NO_TABLE, f"no such table: {group.table}")
+        self._check_not_frozen(group)
+        self._check_epoch(group, command.get("range_epoch"))
+        if size > MAX_MERGE_BYTES:
+            raise _Refusal(
+                ResultCode.REFUSED,
+                f"merge command of {size} bytes exceeds {MAX_MERGE_BYTES}: the right range is "
+                "too large to carry in one entry",
+            )
+        new_epoch = _int_field(command.get("new_epoch"), "new_epoch")
+        right = descriptor_from_wire(command.get("right"))
+        left = group.descriptor
+        _check_right_neighbour(left, right, new_epoch)
+        columns = self._merge_columns(group, command.get("columns"))
+        carried = _rows_field(command.get("rows"), len(columns))
+        merged = replace(left, end_key=right.end_key, epoch=new_epoch)
+        tombstone = _Group(
+            descriptor=right,
+            schema=group.schema,
+            key_column=group.key_column,
+            integer_key=group.integer_key,
+            frozen=True,
+            retired=True,
+        )
+        grown = replace(group, descriptor=merged)
+        done = False
+
+        def run() -> bytes:
+            nonlocal done
+            # R's span on this node: R's replica's rows (if it hosts R), which the carried
+            # rows supersede, or leftovers no live group owns. Either way they go, so every
+            # replica of L ends with exactly the carried rows there.
+            self._delete_range(group, right)  # also installs R's bounds for the inserts
+            names = ", ".join(quote_name(c) for c in columns)
+            marks = ", ".join("?" for _ in columns)
+            self._conn.executemany(
+                f"INSERT INTO main.{quote_name(group.table)}({names}) VALUES ({marks})", carried
+            )
+            self._store_group(tombstone)
+            self._store_group(grown)
+            done = True
+            return pack(
+                {"ok": True, "descriptor": descriptor_to_wire(merged), "rows": len(carried)}
+            )
+
+        result = self._in_savepoint(run, None)
+        if done:
+            groups[right.group_id] = tombstone
+            groups[left.group_id] = grown
+            for gid in sorted(groups):
+                other = groups[gid]
+                if (
+                    gid != left.group_id
+                    and other.live
+                    and other.table.lower() == left.table.lower()
+                    and _overlaps(other.descriptor, merged)
+                ):
+                    # Live groups of a table are disjoint on a node; another one inside R's
+                    # span means this node's groups disagree with the meta history. The merge
+                    # must not depend on it (replicas differ), so say so rather than hide it.
+                    self._log.warning(
+                        "merged_range_overlaps_group", group_id=left.group_id, other=gid
+                    )
+            self._log.info(
+                "ranges_merged",
+                group_id=left.group_id,
+                absorbed_group_id=right.group_id,
+                epoch=new_epoch,
+                rows=len(carried),
+            )
+        return result
+
+    def _merge_columns(self, group: _Group, raw: object) -> list[str]:
+        """The carried rows' column names: distinct columns of the table, the key among them."""
+        if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
+            raise ValueError("columns must be an array of text")
+        known = {
+            str(row[1]).lower()
+            for row in self._conn.execute(f"PRAGMA main.table_info({quote_name(group.table)})")
+        }
+        folded = [c.lower() for c in raw]
+        if len(set(folded)) != len(folded):
+            raise _Refusal(ResultCode.REFUSED, "merge columns repeat a name")
+        unknown = [c for c in raw if c.lower() not in known]
+        if unknown:
+            raise _Refusal(ResultCode.REFUSED, f"merge columns {unknown} are not in {group.table}")
+        if group.key_column.lower() not in folded:
+            raise _Refusal(ResultCode.REFUSED, f"merge columns lack the key {group.key_column}")
+        return list(raw)
 
     # ----------------------------------------------------------------------- reads
 
@@ -742,9 +1012,16 @@ class SqlStateMachine:
             command = unpack(query)
             if not isinstance(command, dict) or command.get("op") != "query":
                 raise ValueError("not a query")
+            if group.retired:
+                raise _Refusal(
+                    ResultCode.RANGE_RETIRED,
+                    f"group {group_id} was merged into its left neighbour",
+                    descriptor=descriptor_to_wire(group.descriptor),
+                )
             if group.dropped:
                 raise _Refusal(ResultCode.NO_TABLE, f"no such table: {group.table}")
             self._check_epoch(group, command.get("range_epoch"))
+            self._check_bounds(group, command.get("bounds"))
             sql = _sql_field(command.get("sql"))
             columns, rows = self._run(
                 sql, _params_field(command.get("params")), policy, readonly=True
@@ -771,7 +1048,7 @@ class SqlStateMachine:
         evenly spaced keys across the range (index seeks), for a TEXT key from the start of
         the range. Decoding every row instead costs about 8x the count."""
         group = self._group(self._groups, group_id)
-        if group.dropped:
+        if not group.live:
             return RangeStats(rows=0, approx_bytes=0)
         conn = self._conn
         table = f"main.{quote_name(group.table)}"
@@ -830,7 +1107,7 @@ class SqlStateMachine:
             count = 0
             where, params = self._range_where(group, group.descriptor)
             table = f"main.{quote_name(group.table)}"
-            if not group.dropped:
+            if group.live:
                 columns = [
                     str(row[1])
                     for row in conn.execute(f"PRAGMA main.table_info({quote_name(group.table)})")
@@ -855,8 +1132,13 @@ class SqlStateMachine:
                 "columns": columns,
                 "rows": count,
             }
+            # Only when set, so a snapshot of a group that never froze is the bytes it was.
+            if group.frozen:
+                header["frozen"] = True
+            if group.retired:
+                header["retired"] = True
             out.write(packer.pack(header))
-            if not group.dropped:
+            if group.live:
                 names = ", ".join(quote_name(c) for c in columns)
                 key = quote_name(group.key_column)
                 for row in conn.execute(
@@ -871,7 +1153,12 @@ class SqlStateMachine:
         """Replace exactly the snapshot's range of rows (other groups' rows untouched), adopt
         its descriptor and schema, and set applied to its index. Rows are inserted as they are
         unpacked. Rows this node held for a wider, older range of the group are left for the
-        groups that now own them."""
+        groups that now own them.
+
+        A group retired here is not restored (its keys are its left neighbour's now): only its
+        applied index moves, with a warning. A retired snapshot installs a tombstone. A frozen
+        live group the snapshot's range covers is retired (only a merge covers a frozen
+        range)."""
         unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=0)
         unpacker.feed(snapshot.data)
         try:
@@ -880,15 +1167,32 @@ class SqlStateMachine:
             descriptor = descriptor_from_wire(header["descriptor"])
             applied, schema, dropped = header["applied"], header["schema"], header["dropped"]
             columns, indexes, count = header["columns"], header["indexes"], header["rows"]
+            frozen, retired = header.get("frozen", False), header.get("retired", False)
+            if not isinstance(frozen, bool) or not isinstance(retired, bool):
+                raise TypeError("frozen and retired must be booleans")
         except (StopIteration, KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:
             raise StateMachineError(f"group {group_id}: unreadable snapshot: {exc}") from exc
         require(fmt == SNAPSHOT_FORMAT, f"group {group_id}: snapshot format {fmt!r}")
+        existing = self._groups.get(group_id)
+        if existing is not None and existing.retired:
+            # A lagging replica of a merged-away range: the leader sent a snapshot before the
+            # group was removed here. Raising would stop the node; the data is L's now.
+            self._log.warning(
+                "retired_group_restore_ignored", group_id=group_id, index=snapshot.meta.index
+            )
+            self._set_applied(group_id, snapshot.meta.index)
+            return
         require(descriptor.group_id == group_id, f"group {group_id}: snapshot of another group")
         require(
             not descriptor.table.lower().startswith(RESERVED_PREFIX),
             f"group {group_id}: snapshot of reserved table {descriptor.table!r}",
         )
-        overlapping = None if dropped else self._overlapping_group(descriptor)
+        covered_frozen = [] if dropped or retired else self._covered_frozen(descriptor)
+        overlapping = (
+            None
+            if dropped or retired
+            else self._overlapping_group(descriptor, ignore=covered_frozen)
+        )
         require(
             overlapping is None,
             f"group {group_id}: snapshot range {_bounds(descriptor)} overlaps live group "
@@ -901,9 +1205,27 @@ class SqlStateMachine:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            group = self._restore_rows(
-                descriptor, schema, dropped, columns, indexes, count, unpacker
-            )
+            retiring = [replace(g, frozen=True, retired=True) for g in covered_frozen]
+            for tombstone in retiring:
+                self._store_group(tombstone)
+            if retired:
+                group = _Group(
+                    descriptor=descriptor,
+                    schema=schema,
+                    key_column="",
+                    integer_key=False,
+                    frozen=True,
+                    retired=True,
+                )
+                self._store_group(group)
+                require(count == 0, f"group {group_id}: retired snapshot holds {count} rows")
+            else:
+                group = self._restore_rows(
+                    descriptor, schema, dropped, columns, indexes, count, unpacker
+                )
+                if frozen:
+                    group = replace(group, frozen=True)
+                    self._store_group(group)
             conn.execute(
                 "INSERT OR REPLACE INTO shardb_applied(group_id, idx) VALUES (?, ?)",
                 (group_id, snapshot.meta.index),
@@ -914,9 +1236,40 @@ class SqlStateMachine:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        for tombstone in retiring:
+            self._groups[tombstone.descriptor.group_id] = tombstone
+            self._log.info(
+                "frozen_group_retired_by_restore",
+                group_id=tombstone.descriptor.group_id,
+                by_group_id=group_id,
+            )
         self._groups[group_id] = group
         self._applied[group_id] = snapshot.meta.index
         self._log.info("group_restored", group_id=group_id, index=snapshot.meta.index, rows=count)
+
+    def _set_applied(self, group_id: GroupId, index: Index) -> None:
+        with self._conn:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO shardb_applied(group_id, idx) VALUES (?, ?)",
+                (group_id, index),
+            )
+        self._applied[group_id] = index
+
+    def _covered_frozen(self, descriptor: RangeDescriptor) -> list[_Group]:
+        """Live frozen groups of another id whose whole range ``descriptor``'s covers: merged
+        into it by a merge this node's replica of it skipped via a snapshot."""
+        covered = []
+        for gid in sorted(self._groups):
+            other = self._groups[gid]
+            if (
+                gid != descriptor.group_id
+                and other.live
+                and other.frozen
+                and other.table.lower() == descriptor.table.lower()
+                and _covers(descriptor, other.descriptor)
+            ):
+                covered.append(other)
+        return covered
 
     def _restore_rows(
         self,
@@ -968,12 +1321,13 @@ class SqlStateMachine:
 
     def drop_group(self, group_id: GroupId) -> None:
         """Forget the group on this node: delete its rows (its range only) and bookkeeping;
-        the physical table goes when no other group on the node uses it."""
+        the physical table goes when no other group on the node uses it. A retired group
+        owns no rows (its keys are its left neighbour's): only its bookkeeping goes."""
         group = self._groups.get(group_id)
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if group is not None and not group.dropped:
+            if group is not None and group.live:
                 self._delete_range(group, group.descriptor)
                 self._drop_table_if_unused(group.table, except_group=group_id)
             conn.execute("DELETE FROM shardb_groups WHERE group_id = ?", (group_id,))
@@ -1021,6 +1375,49 @@ def _check_right_half(old: RangeDescriptor, right: RangeDescriptor, key: Key, ep
         problems.append("replica ids start at 1")
     if problems:
         raise _Refusal(ResultCode.REFUSED, "right half of the split: " + "; ".join(problems))
+
+
+def _check_right_neighbour(left: RangeDescriptor, right: RangeDescriptor, new_epoch: int) -> None:
+    """The range a merge absorbs must be the right neighbour of ``left`` in the same table (it
+    starts exactly where ``left`` ends), another user group, and the merged epoch must be above
+    both ranges' epochs."""
+    problems = []
+    if right.table != left.table:
+        problems.append(f"table {right.table!r} is not {left.table!r}")
+    if left.end_key is None:
+        problems.append("the left range is unbounded above")
+    elif type(right.start_key) is not type(left.end_key) or right.start_key != left.end_key:
+        problems.append(f"it starts at {right.start_key!r}, not at the left end {left.end_key!r}")
+    elif right.end_key is not None and not right.start_key < right.end_key:  # type: ignore[operator]  # one key type per table
+        problems.append("it is empty")
+    if right.group_id == left.group_id or right.group_id < FIRST_USER_GROUP_ID:
+        problems.append(f"group {right.group_id} is not another user group")
+    if right.range_id == left.range_id:
+        problems.append("it is the left range")
+    if new_epoch <= left.epoch or new_epoch <= right.epoch:
+        problems.append(f"new epoch {new_epoch} is not above {left.epoch} and {right.epoch}")
+    if problems:
+        raise _Refusal(ResultCode.REFUSED, "right range of the merge: " + "; ".join(problems))
+
+
+def _rows_field(raw: object, width: int) -> list[tuple[Value, ...]]:
+    if not isinstance(raw, list):
+        raise ValueError("rows must be an array")
+    rows = [_params_field(row) for row in raw]
+    if any(len(row) != width for row in rows):
+        raise ValueError(f"every row must have {width} values")
+    return rows
+
+
+def _covers(outer: RangeDescriptor, inner: RangeDescriptor) -> bool:
+    """Whether ``outer``'s range holds every key of ``inner``'s (None = unbounded)."""
+    low_ok = outer.start_key is None or (
+        inner.start_key is not None and outer.start_key <= inner.start_key  # type: ignore[operator]  # one key type per table
+    )
+    high_ok = outer.end_key is None or (
+        inner.end_key is not None and inner.end_key <= outer.end_key  # type: ignore[operator]  # one key type per table
+    )
+    return low_ok and high_ok
 
 
 def _overlaps(a: RangeDescriptor, b: RangeDescriptor) -> bool:
@@ -1087,6 +1484,7 @@ def _params_field(raw: object) -> tuple[Value, ...]:
 __all__ = [
     "RESERVED_PREFIX",
     "SNAPSHOT_FORMAT",
+    "GroupRetired",
     "RangeOverlap",
     "RangeStats",
     "SqlStateMachine",

@@ -33,7 +33,7 @@ import structlog
 
 from consensus.api import Logger
 from consensus.runtime.statemachine import StateMachineError, fresh_entries, require
-from consensus.types import Entry, EntryKind, GroupId, Index, Snapshot
+from consensus.types import Entry, EntryKind, GroupId, Index, NodeId, Snapshot
 from shardb.placement.meta import META_GROUP_ID, MetaErrorCode, MetaResult, MetaState
 from shardb.placement.wire import WireError
 from shardb.statemachine.commands import descriptor_from_wire, descriptor_to_wire, pack, unpack
@@ -53,16 +53,18 @@ _QUERY_OP: Final = "meta_state"
 
 def encode_meta_result(result: MetaResult) -> bytes:
     """A ``MetaResult`` as a msgpack map: ``ok``, ``error`` (code value or nil), ``message``,
-    ``ranges`` (``descriptor_to_wire`` maps) and ``retired_groups``."""
-    return pack(
-        {
-            "ok": result.ok,
-            "error": None if result.error is None else result.error.value,
-            "message": result.message,
-            "ranges": [descriptor_to_wire(d) for d in result.ranges],
-            "retired_groups": [int(g) for g in result.retired_groups],
-        }
-    )
+    ``ranges`` (``descriptor_to_wire`` maps), ``retired_groups`` and, for a reserved node id
+    only, ``node_id``."""
+    wire: dict[str, Any] = {
+        "ok": result.ok,
+        "error": None if result.error is None else result.error.value,
+        "message": result.message,
+        "ranges": [descriptor_to_wire(d) for d in result.ranges],
+        "retired_groups": [int(g) for g in result.retired_groups],
+    }
+    if result.node_id is not None:
+        wire["node_id"] = int(result.node_id)
+    return pack(wire)
 
 
 def decode_meta_result(data: bytes) -> MetaResult:
@@ -76,6 +78,9 @@ def decode_meta_result(data: bytes) -> MetaResult:
         isinstance(g, int) and not isinstance(g, bool) for g in retired
     ):
         raise ValueError("meta result: retired_groups must be an array of integers")
+    node_id = obj.get("node_id")
+    if node_id is not None and (not isinstance(node_id, int) or isinstance(node_id, bool)):
+        raise ValueError("meta result: node_id must be an integer")
     error = None if error_raw is None else MetaErrorCode(error_raw)
     if obj.get("ok") is not (error is None):
         raise ValueError("meta result: ok disagrees with error")
@@ -84,6 +89,7 @@ def decode_meta_result(data: bytes) -> MetaResult:
         message=message,
         ranges=tuple(descriptor_from_wire(d) for d in ranges),
         retired_groups=tuple(GroupId(g) for g in retired),
+        node_id=None if node_id is None else NodeId(node_id),
     )
 
 

@@ -9,10 +9,11 @@ whole per batch, the SQL file holds user tables.
 
 The extra methods are for the node service, which calls them through
 ``Node.call_state_machine`` (the state machine's single thread, serialised with apply):
-``register_range`` before creating a range's consensus group, ``hosted_ranges`` to find ranges
-registered here but not yet hosted (a split registers its right half when it applies, also
-after a crash), ``meta_state`` / ``meta_applied`` for the local meta replica, and
-``range_stats`` for size-based splits.
+``register_range`` before creating a range's consensus group (it starts seeded, at
+``SEED_INDEX``), ``hosted_ranges`` to find ranges registered here but not yet hosted (a split
+registers its right half when it applies, also after a crash), ``retired_groups`` to find
+groups a merge retired here (their consensus groups can be removed), ``meta_state`` /
+``meta_applied`` for the local meta replica, and ``range_stats`` for size-based splits.
 """
 
 from __future__ import annotations
@@ -99,10 +100,11 @@ class ShardStateMachine:
     # ----------------------------------------------------------------------- node service
 
     def register_range(self, descriptor: RangeDescriptor, schema_sql: str) -> RangeDescriptor:
-        """Host ``descriptor``'s range here (idempotent: a registered range keeps and returns
-        its current descriptor). Raises ``RangeOverlap`` while a live range on this node still
-        covers some of its keys (the right half of a split the parent has not applied yet),
-        ``TableRefused`` for a table the SQL machine cannot host."""
+        """Host ``descriptor``'s range here, empty, at applied ``SEED_INDEX`` (idempotent: a
+        registered range keeps and returns its current descriptor). Raises ``RangeOverlap``
+        while a live range on this node still covers some of its keys (the right half of a
+        split the parent has not applied yet), ``TableRefused`` for a table the SQL machine
+        cannot host, ``GroupRetired`` for a group a merge retired here."""
         if descriptor.group_id < FIRST_USER_GROUP_ID:
             raise StateMachineError(
                 f"group {descriptor.group_id} is reserved; SQL ranges start at "
@@ -111,8 +113,14 @@ class ShardStateMachine:
         return self._sql.register_group(descriptor.group_id, descriptor, schema_sql)
 
     def hosted_ranges(self) -> tuple[RangeDescriptor, ...]:
-        """Current descriptors of the live (table not dropped) SQL ranges, by group id."""
+        """Current descriptors of the live SQL ranges (table not dropped, not merged away),
+        by group id."""
         return self._sql.live_descriptors()
+
+    def retired_groups(self) -> tuple[GroupId, ...]:
+        """SQL groups a merge retired on this node, ascending: tombstones whose consensus
+        group can be removed (``drop_group`` then deletes only their bookkeeping)."""
+        return self._sql.retired_group_ids()
 
     def meta_state(self) -> MetaState | None:
         """A copy of the local meta replica's state; None if it never applied anything."""

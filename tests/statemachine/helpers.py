@@ -9,12 +9,16 @@ from typing import Any
 from consensus.types import Entry, GroupId, Index, NodeId, Term
 from shardb.placement.descriptors import Key, RangeDescriptor
 from shardb.statemachine import (
+    SEED_INDEX,
     SqlStateMachine,
     decode_result,
     encode_query,
     encode_split,
     encode_write,
 )
+
+FIRST = int(SEED_INDEX) + 1
+"""The first entry a registered (seeded) group applies."""
 
 SCHEMA = "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT NOT NULL, score REAL, data BLOB)"
 

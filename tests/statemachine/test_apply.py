@@ -21,7 +21,9 @@ from shardb.statemachine import (
     encode_write,
 )
 
-from .helpers import apply_one, descriptor, entries, insert, open_sm, rows, split
+from .helpers import FIRST, apply_one, descriptor, entries, insert, open_sm, rows, split
+
+SEED = FIRST - 1
 
 G1 = descriptor(1, None, 100)
 G2 = descriptor(2, 100, None)
@@ -42,12 +44,12 @@ def test_entries_at_or_below_applied_are_skipped(tmp_path: Path) -> None:
     Reference: Raft thesis §3.5 (lastApplied); apply is idempotent by index."""
     path = tmp_path / "sm.db"
     sm = open_sm(path, G1)
-    batch = entries(1, insert(1), insert(2), insert(3))
+    batch = entries(FIRST, insert(1), insert(2), insert(3))
     assert all(r is not None for r in sm.apply(GroupId(1), batch))
     sm.close()
     sm = open_sm(path, G1)
-    assert sm.applied_index(GroupId(1)) == 3
-    again = sm.apply(GroupId(1), [*batch, *entries(4, insert(4))])
+    assert sm.applied_index(GroupId(1)) == SEED + 3
+    again = sm.apply(GroupId(1), [*batch, *entries(FIRST + 3, insert(4))])
     assert again[:3] == (None, None, None)
     assert again[3] is not None and decode_result(again[3])["ok"]
     assert [r[0] for r in rows(sm, 1)] == [1, 2, 3, 4]
@@ -57,16 +59,16 @@ def test_gap_in_entry_stream_is_a_contract_violation(tmp_path: Path) -> None:
     """A gap means the runtime lost an entry: raise, apply nothing."""
     sm = open_sm(tmp_path / "sm.db", G1)
     with pytest.raises(StateMachineError):
-        sm.apply(GroupId(1), entries(2, insert(1)))
-    assert sm.applied_index(GroupId(1)) == 0
+        sm.apply(GroupId(1), entries(FIRST + 1, insert(1)))
+    assert sm.applied_index(GroupId(1)) == SEED
 
 
 def test_noop_entries_advance_applied(tmp_path: Path) -> None:
     """NOOP/CONFIG entries count as applied and return None."""
     sm = open_sm(tmp_path / "sm.db", G1)
-    noop = Entry(index=Index(1), term=Term(1), kind=EntryKind.NOOP)
+    noop = Entry(index=Index(FIRST), term=Term(1), kind=EntryKind.NOOP)
     assert sm.apply(GroupId(1), [noop]) == (None,)
-    assert sm.applied_index(GroupId(1)) == 1
+    assert sm.applied_index(GroupId(1)) == FIRST
 
 
 def test_constraint_violation_is_returned_and_counted_as_applied(tmp_path: Path) -> None:
@@ -76,7 +78,7 @@ def test_constraint_violation_is_returned_and_counted_as_applied(tmp_path: Path)
     results = sm.apply(
         GroupId(1),
         entries(
-            1,
+            FIRST,
             insert(1),
             encode_write("t", "INSERT INTO t(id, name) VALUES (2, 'a'), (1, 'dup')", (), 1),
             encode_write("t", "INSERT INTO t(id, name) VALUES (3, NULL)", (), 1),
@@ -91,7 +93,7 @@ def test_constraint_violation_is_returned_and_counted_as_applied(tmp_path: Path)
     }
     assert decoded[2]["error"] == "NOT NULL constraint failed: t.name"
     assert decoded[3]["ok"]
-    assert sm.applied_index(GroupId(1)) == 4
+    assert sm.applied_index(GroupId(1)) == SEED + 4
     assert [r[0] for r in rows(sm, 1)] == [1, 4]  # row 2 of the failed command rolled back
 
 
@@ -101,7 +103,7 @@ def test_sqlite_error_from_user_sql_is_deterministic_result(tmp_path: Path) -> N
     result = apply_one(sm, 1, encode_write("t", "UPDATE t SET nope = 1 WHERE id < 5", (), 1))
     assert result["code"] == "sqlite"
     assert result["error"] == "no such column: nope"
-    assert sm.applied_index(GroupId(1)) == 1
+    assert sm.applied_index(GroupId(1)) == FIRST
 
 
 def test_out_of_range_insert_is_refused(tmp_path: Path) -> None:
@@ -182,7 +184,7 @@ def test_non_deterministic_or_foreign_statements_are_refused(
     result = apply_one(sm, 1, encode_write("t", sql, params, 1))
     assert result["ok"] is False and result["code"] == "refused", result
     assert rows(sm, 1) == []
-    assert sm.applied_index(GroupId(1)) == 1
+    assert sm.applied_index(GroupId(1)) == FIRST
 
 
 def test_literal_text_that_looks_like_sql_is_data(tmp_path: Path) -> None:

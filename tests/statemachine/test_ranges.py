@@ -12,7 +12,13 @@ from pathlib import Path
 import apsw
 
 from consensus.types import ConfState, GroupId, Index, Snapshot, SnapshotMeta, Term
-from shardb.statemachine import decode_result, descriptor_to_wire, encode_ddl, encode_write
+from shardb.statemachine import (
+    SEED_INDEX,
+    decode_result,
+    descriptor_to_wire,
+    encode_ddl,
+    encode_write,
+)
 
 from .helpers import apply_one, descriptor, entries, insert, open_sm, rows, select, split
 
@@ -63,14 +69,14 @@ def test_query_with_stale_epoch_is_refused(tmp_path: Path) -> None:
 
 def test_split_then_each_group_sees_exactly_its_rows(tmp_path: Path) -> None:
     """A split moves no data: the right-hand group, registered by the split itself, starts
-    from the parent's rows at applied 0; each side then writes only its own keys."""
+    from the parent's rows at applied SEED_INDEX; each side then writes only its own keys."""
     sm = open_sm(tmp_path / "sm.db", descriptor(1, None, None))
     for key in (10, 40, 50, 60, 90):
         apply_one(sm, 1, insert(key))
     result = apply_one(sm, 1, split(descriptor(1, None, None), 50, 7))
     assert result["descriptor"]["end_key"] == 50 and result["descriptor"]["epoch"] == 2
     assert result["right"] == descriptor_to_wire(descriptor(7, 50, None, epoch=2))
-    assert sm.applied_index(GroupId(7)) == 0
+    assert sm.applied_index(GroupId(7)) == SEED_INDEX
     assert [r[0] for r in rows(sm, 1)] == [10, 40]
     assert [r[0] for r in rows(sm, 7)] == [50, 60, 90]
     assert apply_one(sm, 1, insert(55, epoch=2))["code"] == "out_of_range"
@@ -102,10 +108,10 @@ def test_snapshot_restore_leaves_other_groups_rows_alone(tmp_path: Path) -> None
     target = open_sm(tmp_path / "b.db", G1, G2)
     apply_one(target, 1, insert(50, "stale"))
     apply_one(target, 2, insert(150, "sibling"))
-    target.restore(GroupId(1), _snap(data, 4))
+    target.restore(GroupId(1), _snap(data, SEED_INDEX + 4))
     assert rows(target, 1) == rows(source, 1)
     assert rows(target, 2) == [[150, "sibling", None, None]]
-    assert target.applied_index(GroupId(1)) == 4
+    assert target.applied_index(GroupId(1)) == SEED_INDEX + 4
     assert target.snapshot(GroupId(1)) == data
 
 
@@ -114,7 +120,7 @@ def test_restore_on_a_fresh_node_creates_table_and_indexes(tmp_path: Path) -> No
     apply_one(source, 1, encode_ddl("t", "CREATE INDEX t_name ON t(name)"))
     apply_one(source, 1, insert(5))
     target = open_sm(tmp_path / "b.db")
-    target.restore(GroupId(1), _snap(source.snapshot(GroupId(1)), 2))
+    target.restore(GroupId(1), _snap(source.snapshot(GroupId(1)), SEED_INDEX + 2))
     assert rows(target, 1) == [[5, "x", None, None]]
     assert apply_one(target, 1, insert(6))["ok"]
     target.close()
@@ -163,9 +169,8 @@ def test_three_replicas_end_identical(tmp_path: Path) -> None:
         index = 1
         while index <= len(commands):
             size = rng.randrange(1, 40)
-            out.extend(
-                sm.apply(GroupId(1), entries(index, *commands[index - 1 : index - 1 + size]))
-            )
+            batch = commands[index - 1 : index - 1 + size]
+            out.extend(sm.apply(GroupId(1), entries(SEED_INDEX + index, *batch)))
             index += size
         results.append(out)
         snapshots.append(sm.snapshot(GroupId(1)))

@@ -52,7 +52,7 @@ from shardb.statemachine import (
     encode_write,
 )
 
-from .helpers import SCHEMA, descriptor, entries, insert, open_sm, right_half
+from .helpers import FIRST, SCHEMA, descriptor, entries, insert, open_sm, right_half
 
 META = META_GROUP_ID
 
@@ -272,7 +272,7 @@ def test_routing_by_group_id(tmp_path: Path) -> None:
     rng = _range(sm)
     sm.register_range(rng, SCHEMA)
     assert _apply(sm, rng.group_id, insert(5))["ok"]
-    assert sm.applied_index(rng.group_id) == 1 and sm.meta_applied() == 4
+    assert sm.applied_index(rng.group_id) == FIRST and sm.meta_applied() == 4
     # A meta command sent to the SQL group is just a malformed SQL command there.
     assert _apply(sm, rng.group_id, encode_command(DropTable(name="t")))["code"] == "malformed"
     state = sm.meta_state()
@@ -371,7 +371,7 @@ def test_new_replica_restores_a_range_it_never_had(tmp_path: Path) -> None:
     _apply(source, right.group_id, insert(70, epoch=right.epoch))
     data = source.snapshot(right.group_id)
     target = ShardStateMachine(tmp_path / "b")
-    target.restore(right.group_id, _snap(data, 1))
+    target.restore(right.group_id, _snap(data, source.applied_index(right.group_id)))
     assert target.hosted_ranges() == (right,)
     assert target.snapshot(right.group_id) == data
     assert _apply(target, right.group_id, insert(90, epoch=right.epoch))["ok"]
@@ -400,7 +400,7 @@ def test_range_stats_counts_rows_and_estimates_bytes(tmp_path: Path) -> None:
     assert sm.range_stats(rng.group_id).rows == 0
     sql = "INSERT INTO t(id, name, data) VALUES (?, ?, ?)"
     commands = [encode_write("t", sql, (k * 7, f"n{k}", b"x" * 200), 1) for k in range(1000)]
-    sm.apply(rng.group_id, entries(1, *commands))
+    sm.apply(rng.group_id, entries(FIRST, *commands))
     stats = sm.range_stats(rng.group_id)
     assert stats.rows == 1000
     assert 200 * 1000 <= stats.approx_bytes <= 2 * 210 * 1000
@@ -412,8 +412,8 @@ def test_range_stats_of_a_text_keyed_range(tmp_path: Path) -> None:
     """TEXT keys sample from the start of the range; only the range's rows count."""
     schema = "CREATE TABLE t(id TEXT PRIMARY KEY, name TEXT NOT NULL, score REAL, data BLOB)"
     sm = open_sm(tmp_path / "sm.db", descriptor(2, None, "m"), schema=schema)
-    sm.apply(GroupId(2), entries(1, *(insert(f"k{i:03}", "n" * 50) for i in range(300))))
-    assert sm.apply(GroupId(2), entries(301, insert("z")))[0] is not None
+    sm.apply(GroupId(2), entries(FIRST, *(insert(f"k{i:03}", "n" * 50) for i in range(300))))
+    assert sm.apply(GroupId(2), entries(FIRST + 300, insert("z")))[0] is not None
     stats = sm.range_stats(GroupId(2))
     assert stats.rows == 300
     assert 300 * 54 <= stats.approx_bytes <= 300 * 54 + 300 * 20

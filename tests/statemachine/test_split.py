@@ -24,6 +24,7 @@ from shardb.placement.descriptors import RangeDescriptor
 from shardb.statemachine import RangeOverlap, decode_result, encode_split, encode_write
 
 from .helpers import (
+    FIRST,
     apply_one,
     descriptor,
     entries,
@@ -36,6 +37,7 @@ from .helpers import (
 from .split_crash_worker import EXIT_CODE
 
 ROOT = Path(__file__).resolve().parents[2]
+SEED = FIRST - 1
 WHOLE = descriptor(1, None, None)
 
 
@@ -91,14 +93,14 @@ def test_split_is_atomic_when_the_transaction_fails_after_the_parent_update(
     monkeypatch.setattr(sm, "_store_group", failing)
     command = split(WHOLE, 50, 7)
     with pytest.raises(apsw.IOError):
-        sm.apply(GroupId(1), entries(6, command))
+        sm.apply(GroupId(1), entries(SEED + 6, command))
     assert sm.descriptor(GroupId(1)) == WHOLE
     assert not sm.hosts(GroupId(7))
-    assert sm.applied_index(GroupId(1)) == 5
+    assert sm.applied_index(GroupId(1)) == SEED + 5
     sm.close()
     assert _file_state(path) == before
     sm = open_sm(path, WHOLE)
-    (result,) = sm.apply(GroupId(1), entries(6, command))
+    (result,) = sm.apply(GroupId(1), entries(SEED + 6, command))
     assert result is not None and decode_result(result)["ok"]
     assert [r[0] for r in rows(sm, 7)] == [50, 60, 90]
 
@@ -110,7 +112,7 @@ def test_crash_inside_the_split_transaction_leaves_neither(tmp_path: Path) -> No
     _loaded(path).close()
     before = _file_state(path)
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.statemachine.split_crash_worker", str(path), "5"],
+        [sys.executable, "-m", "tests.statemachine.split_crash_worker", str(path), str(SEED + 5)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -129,7 +131,7 @@ def test_crash_inside_the_split_transaction_leaves_neither(tmp_path: Path) -> No
 
 def test_restart_keeps_both_halves(tmp_path: Path) -> None:
     """After close and reopen both groups are there with their bounds and applied indexes,
-    and the right group goes on applying from index 1."""
+    and the right group goes on applying from the entry after SEED_INDEX."""
     path = tmp_path / "sm.db"
     sm = _loaded(path)
     apply_one(sm, 1, split(WHOLE, 50, 7))
@@ -139,9 +141,9 @@ def test_restart_keeps_both_halves(tmp_path: Path) -> None:
         descriptor(1, None, 50, epoch=2),
         descriptor(7, 50, None, epoch=2),
     )
-    assert (sm.applied_index(GroupId(1)), sm.applied_index(GroupId(7))) == (6, 0)
+    assert (sm.applied_index(GroupId(1)), sm.applied_index(GroupId(7))) == (SEED + 6, SEED)
     assert apply_one(sm, 7, insert(70, epoch=2))["ok"]
-    assert sm.applied_index(GroupId(7)) == 1
+    assert sm.applied_index(GroupId(7)) == FIRST
     assert [r[0] for r in rows(sm, 7)] == [50, 60, 70, 90]
     assert apply_one(sm, 1, insert(75, epoch=2))["code"] == "out_of_range"
 
@@ -187,7 +189,7 @@ def test_inconsistent_right_half_is_refused(
     result = apply_one(sm, 1, encode_split(50, 1, 2, right))
     assert result["ok"] is False and result["code"] == "refused", (why, result)
     assert sm.live_descriptors() == (WHOLE,)
-    assert sm.applied_index(GroupId(1)) == 6
+    assert sm.applied_index(GroupId(1)) == SEED + 6
 
 
 def test_undecodable_right_half_is_malformed(tmp_path: Path) -> None:
@@ -220,7 +222,7 @@ def test_registering_the_right_half_before_the_split_is_refused(tmp_path: Path) 
     apply_one(sm, 1, split(WHOLE, 50, 7))
     apply_one(sm, 7, insert(70, epoch=2))
     assert sm.register_group(GroupId(7), right, "CREATE TABLE t(id INTEGER PRIMARY KEY)") == right
-    assert sm.applied_index(GroupId(7)) == 1
+    assert sm.applied_index(GroupId(7)) == FIRST
 
 
 def _snap(data: bytes, index: int) -> Snapshot:
@@ -232,11 +234,11 @@ def _snap(data: bytes, index: int) -> Snapshot:
 def test_registration_clears_rows_no_group_owns(tmp_path: Path) -> None:
     """A parent that catches up by a snapshot taken after the split never applies the split:
     it shrinks and leaves its old right part's rows behind. Registering the right group then
-    starts it from an empty range (its state at applied 0), not from those stale rows."""
+    starts it from an empty range (its state at SEED_INDEX), not from those stale rows."""
     source = _loaded(tmp_path / "a.db", keys=(10, 60))
     apply_one(source, 1, split(WHOLE, 50, 7))
     target = _loaded(tmp_path / "b.db", keys=(10, 60, 70))
-    target.restore(GroupId(1), _snap(source.snapshot(GroupId(1)), 3))
+    target.restore(GroupId(1), _snap(source.snapshot(GroupId(1)), SEED + 3))
     assert not target.hosts(GroupId(7))
     target.register_group(GroupId(7), right_half(WHOLE, 50, 7), "CREATE TABLE t(id INTEGER)")
     assert rows(target, 7) == []
@@ -266,7 +268,7 @@ def test_replicas_with_different_batching_end_identical(tmp_path: Path) -> None:
             index = 1
             while index <= len(stream):
                 size = rng.randrange(1, 30)
-                batch = entries(index, *stream[index - 1 : index - 1 + size])
+                batch = entries(SEED + index, *stream[index - 1 : index - 1 + size])
                 out.extend(sm.apply(GroupId(group), batch))
                 index += size
         results.append(out)

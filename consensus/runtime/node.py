@@ -885,6 +885,8 @@ class Node:
                     message = await inbound.receive()
                 except trio.EndOfChannel:
                     return
+            except trio.EndOfChannel:
+                return  # the transport closed its side (shutdown) with nothing left queued
             inbox.append(message)
             self._wake()
             while len(inbox) >= limit:

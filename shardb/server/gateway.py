@@ -9,9 +9,10 @@ a range answers ``stale_epoch`` or a table is missing.
 Retries never apply a command twice. A range that refuses a sub-statement with
 ``stale_epoch`` applied nothing, so after refreshing the range map the gateway re-routes the
 statement and sends it again only to the new ranges inside the refused range's bounds; ranges
-that already applied are not touched again. (This is exact for splits. Merges are not executed
-by this version, so a new range never covers an old one that already applied.) A write whose
-outcome is unknown (timeout, connection lost mid-flight) is reported as such, never resent.
+that already applied are not touched again: after a split the new ranges lie inside the
+refused one, and after a merge the new range is cut at the refused range's bounds (``clip``)
+so only the refused keys are sent again. A write whose outcome is unknown (timeout, connection
+lost mid-flight) is reported as such, never resent.
 
 Writes that touch several ranges are atomic per range, not across ranges (there are no
 cross-range transactions yet); a failure after some ranges applied is reported as ``partial``
@@ -21,9 +22,10 @@ with the ranges that did and did not apply.
 from __future__ import annotations
 
 import enum
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Final, TypeVar
 
@@ -35,9 +37,10 @@ from consensus.api import ConsensusError, Logger, ReadMode
 from consensus.runtime.client import ClientError
 from consensus.runtime.errors import ApplicationError, NodeError
 from consensus.types import GroupId
-from shardb.placement.descriptors import Key, RangeDescriptor
+from shardb.placement.descriptors import Key, RangeDescriptor, RangeMap
 from shardb.placement.meta import (
     META_GROUP_ID,
+    MergeRanges,
     MetaCommand,
     MetaErrorCode,
     MetaResult,
@@ -101,6 +104,8 @@ from shardb.statemachine.commands import (
     ResultCode,
     decode_result,
     encode_ddl,
+    encode_freeze,
+    encode_merge,
     encode_query,
     encode_split,
     encode_write,
@@ -112,6 +117,14 @@ from shardb.statemachine.metamachine import (
 )
 
 _T = TypeVar("_T")
+_RETRY_CODES: Final = frozenset(
+    {
+        ResultCode.STALE_EPOCH.value,
+        ResultCode.RANGE_FROZEN.value,
+        ResultCode.RANGE_RETIRED.value,
+    }
+)
+"""A range that refuses with these applied nothing: refresh the range map and re-route."""
 
 INDEX_OPTION_PREFIX: Final = "index:"
 VIRTUAL_TABLES: Final = ("shardb_nodes", "shardb_ranges", "shardb_groups")
@@ -136,7 +149,7 @@ class Consistency(enum.Enum):
 class GatewayConfig:
     default_backend: str = "raft"
     replication_factor: int = 3
-    max_route_attempts: int = 8
+    max_route_attempts: int = 12
     """Re-routes after ``stale_epoch`` / missing table before giving up."""
     retry_pause_s: float = 0.02
 
@@ -298,6 +311,10 @@ class Gateway:
         self._refresh_lock = trio.Lock()
         self._analyzed: dict[str, tuple[Catalog, Statement]] = {}
 
+    @property
+    def access(self) -> GroupAccess:
+        return self._access
+
     # ----------------------------------------------------------------- meta
 
     @property
@@ -438,7 +455,7 @@ class Gateway:
                     )
                 except _StaleRoute:
                     trace.retries += 1
-                    await trio.sleep(self._config.retry_pause_s * attempt)
+                    await trio.sleep(min(self._config.retry_pause_s * 2**attempt, 0.5))
                     meta = await self._call(self._refresh_within, deadline, "the meta group")
             raise ApplicationError(
                 "unavailable",
@@ -536,14 +553,15 @@ class Gateway:
         stale: list[Target] = []
 
         async def one(i: int, target: Target) -> None:
-            query = encode_query(target.sql, target.params, target.range.epoch)
+            bounds = (target.range.start_key, target.range.end_key)
+            query = encode_query(target.sql, target.params, target.range.epoch, bounds)
             raw = await self._read(
                 target.range.group_id, query, consistency, deadline, max_staleness_ms
             )
             result = decode_result(raw)
             if result["ok"]:
                 results[i] = [tuple(r) for r in result["rows"]]
-            elif result.get("code") == ResultCode.STALE_EPOCH.value:
+            elif result.get("code") in _RETRY_CODES:
                 stale.append(target)
             else:
                 raise _shard_error(result, statement.sql)
@@ -619,10 +637,12 @@ class Gateway:
                 return Answer(kind="write", rowcount=total)
             # Re-route only the refused ranges' part of the statement (module docstring).
             trace.retries += 1
-            await trio.sleep(self._config.retry_pause_s * attempt)
+            await trio.sleep(min(self._config.retry_pause_s * 2**attempt, 0.5))
             meta = await self._call(self._refresh_within, deadline, "the meta group")
-            again = route(statement, params, meta.range_map(statement.table.name))
-            targets = [t for t in again.targets if any(_inside(t.range, s.range) for s in stale)]
+            spans = [t.range for t in stale]
+            clipped = clip(meta.range_map(statement.table.name), spans)
+            again = route(statement, params, clipped)
+            targets = [t for t in again.targets if any(_inside(t.range, s) for s in spans)]
         raise ApplicationError(
             "partial" if applied else "unavailable",
             "the range map kept changing while writing",
@@ -638,7 +658,11 @@ class Gateway:
 
         async def one(target: Target) -> None:
             command = encode_write(
-                target.range.table, target.sql, target.params, target.range.epoch
+                target.range.table,
+                target.sql,
+                target.params,
+                target.range.epoch,
+                (target.range.start_key, target.range.end_key),
             )
             try:
                 raw = await self._call(
@@ -651,8 +675,10 @@ class Gateway:
                 return
             result = decode_result(raw)
             if result["ok"]:
-                counts[target.range.range_id] = int(result.get("rowcount", 0))
-            elif result.get("code") == ResultCode.STALE_EPOCH.value:
+                # Pieces of one range (``clip``) add up.
+                rid = target.range.range_id
+                counts[rid] = counts.get(rid, 0) + int(result.get("rowcount", 0))
+            elif result.get("code") in _RETRY_CODES:
                 stale.append(target)
             else:
                 failures.append(_shard_error(result, statement.sql))
@@ -795,7 +821,10 @@ class Gateway:
         keys = split_keys(statement, params, meta.range_map(statement.table.name))
         created: list[RangeDescriptor] = []
         for key in keys:
-            created.extend(await self.split(statement.table.name, key, deadline))
+            if statement.unsplit:
+                created.append(await self.unsplit(statement.table.name, key, deadline))
+            else:
+                created.extend(await self.split(statement.table.name, key, deadline))
         result = ResultSet(
             columns=("range_id", "start_key", "end_key", "group_id", "epoch"),
             rows=tuple(
@@ -841,6 +870,110 @@ class Gateway:
         if not result["ok"] and result.get("code") != ResultCode.STALE_EPOCH.value:
             # stale_epoch: a reconciler already applied this very split.
             raise ApplicationError("sql_error", f"split refused by the range: {result['error']}")
+
+    # ----------------------------------------------------------------- merges
+
+    async def unsplit(self, table: str, key: Key, deadline: float) -> RangeDescriptor:
+        """Merge the range of ``table`` that starts at ``key`` into its left neighbour."""
+        meta = await self._call(self._refresh_within, deadline, "meta")
+        ranges = meta.range_map(table).ranges
+        at = next((i for i, r in enumerate(ranges) if r.start_key == key), None)
+        if at is None or at == 0:
+            raise ApplicationError("sql_error", f"no range of {table} starts at {key!r}")
+        left, right = ranges[at - 1], ranges[at]
+        return await self.merge(left.range_id, left.epoch, right.range_id, right.epoch, deadline)
+
+    async def merge(
+        self, left_id: int, left_epoch: int, right_id: int, right_epoch: int, deadline: float
+    ) -> RangeDescriptor:
+        """Merge range ``right_id`` into its left neighbour ``left_id``.
+
+        The meta group first (from then on gateways route the right range's keys to the left
+        group), then ``apply_merge`` moves the rows. Replica sets must be equal (the placement
+        driver moves replicas first). If this gateway dies after the meta change, the
+        replicas' reconcilers finish the merge (``shardb.server.service``)."""
+        meta = await self._call(self._refresh_within, deadline, "meta")
+        left, right = meta.range(left_id), meta.range(right_id)
+        if left is None or right is None:
+            raise ApplicationError("sql_error", "merge refused: the ranges no longer exist")
+        result = await self.propose_meta(
+            MergeRanges(
+                left_range_id=left_id,
+                left_epoch=left_epoch,
+                right_range_id=right_id,
+                right_epoch=right_epoch,
+            ),
+            deadline,
+        )
+        if not result.ok:
+            raise ApplicationError("sql_error", f"merge refused: {result.message}")
+        merged = result.ranges[0]
+        await self.apply_merge(left, right, merged, deadline)
+        return merged
+
+    async def apply_merge(
+        self,
+        left: RangeDescriptor,
+        right: RangeDescriptor,
+        merged: RangeDescriptor,
+        deadline: float,
+    ) -> None:
+        """Freeze the right range (it refuses writes from then on, so nothing it accepts is
+        lost), read all its rows linearizably, and have the left group apply the merge trigger
+        carrying them: every replica of the left range ends with exactly those rows whatever
+        it hosted before (``shardb.statemachine``). Each step is idempotent, so a reconciler
+        may repeat the whole procedure."""
+        freeze = await self._call(
+            lambda t: self._access.propose(right.group_id, encode_freeze(right.epoch), timeout=t),
+            deadline,
+            f"range {right.range_id}",
+        )
+        frozen = decode_result(freeze)
+        if frozen.get("code") == ResultCode.RANGE_RETIRED.value:
+            return  # the merge trigger already applied (a repeated merge)
+        if not frozen["ok"]:
+            raise ApplicationError("sql_error", f"merge: freeze refused: {frozen.get('error')}")
+        meta = await self._ensure_meta(deadline)
+        info = meta.table(right.table)
+        if info is None:
+            raise ApplicationError("sql_error", f"merge: no table {right.table}")
+        pk = _quote(info.pk_column)
+        where, bounds = [], []
+        if right.start_key is not None:
+            where.append(f"{pk} >= ?")
+            bounds.append(right.start_key)
+        if right.end_key is not None:
+            where.append(f"{pk} < ?")
+            bounds.append(right.end_key)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        query = encode_query(
+            f"SELECT * FROM {_quote(right.table)}{clause} ORDER BY {pk}", bounds, right.epoch
+        )
+        raw = await self._call(
+            partial(_read_with_timeout, self._access, right.group_id, query, ReadMode.SAFE),
+            deadline,
+            f"range {right.range_id}",
+        )
+        rows = decode_result(raw)
+        if rows.get("code") == ResultCode.RANGE_RETIRED.value:
+            return
+        if not rows["ok"]:
+            raise ApplicationError(
+                "sql_error", f"merge: reading the right range: {rows.get('error')}"
+            )
+        command = encode_merge(left.epoch, merged.epoch, right, rows["columns"], rows["rows"])
+        applied = await self._call(
+            lambda t: self._access.propose(left.group_id, command, timeout=t),
+            deadline,
+            f"range {left.range_id}",
+        )
+        result = decode_result(applied)
+        if not result["ok"] and result.get("code") != ResultCode.STALE_EPOCH.value:
+            # stale_epoch: a reconciler already applied this very merge.
+            raise ApplicationError("sql_error", f"merge refused by the range: {result['error']}")
+        self._log.info(
+            "ranges_merged", range_id=left.range_id, absorbed=right.range_id, rows=len(rows["rows"])
+        )
 
     # ----------------------------------------------------------------- virtual tables
 
@@ -952,6 +1085,26 @@ def _note_route(trace: Trace, planned: Route, access: GroupAccess) -> None:
     trace.ranges = [t.range.range_id for t in planned.targets]
     trace.groups = [int(t.range.group_id) for t in planned.targets]
     trace.leaders = [access.leader_of(t.range.group_id) or 0 for t in planned.targets]
+
+
+def clip(ranges: RangeMap, spans: Sequence[RangeDescriptor]) -> RangeMap:
+    """``ranges`` with every range cut at the bounds of ``spans`` (same group and epoch).
+
+    A re-routed write must reach only the keys of the ranges that refused it: after a merge,
+    the new range covering a refused one also covers keys that already applied the statement
+    (module docstring), so its part of the statement is confined to the refused span."""
+    cuts: set[Key] = set()
+    for span in spans:
+        cuts.update(k for k in (span.start_key, span.end_key) if k is not None)
+    pieces: list[RangeDescriptor] = []
+    for r in ranges.ranges:
+        inner = sorted(
+            (k for k in cuts if r.contains(k) and k != r.start_key),
+            key=lambda k: (isinstance(k, str), k),
+        )
+        bounds: list[Key | None] = [r.start_key, *inner, r.end_key]
+        pieces.extend(replace(r, start_key=lo, end_key=hi) for lo, hi in itertools.pairwise(bounds))
+    return RangeMap.build(ranges.table, pieces)
 
 
 def _inside(inner: RangeDescriptor, outer: RangeDescriptor) -> bool:

@@ -10,15 +10,16 @@ whose outcome is unknown surfaces as such.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import trio
 
-from consensus.api import NotLeader, ProposalDropped, ReadMode, Role
+from consensus.api import ChangeKind, MembershipChange, NotLeader, ProposalDropped, ReadMode, Role
 from consensus.host import UnknownGroup
 from consensus.runtime.client import Client, ClientError
 from consensus.runtime.errors import ProposalLost
 from consensus.runtime.node import Node
+from consensus.runtime.server import group_status_body
 from consensus.types import GroupId
 
 # A local refusal that says nothing was proposed: go through the client path, which follows
@@ -145,6 +146,97 @@ class GroupAccess:
             return None
         sm = self._node.state_machine
         return await self._node.call_state_machine(sm.query, group_id, query)
+
+    # ----------------------------------------------------------------- membership
+
+    async def group_status(self, group_id: GroupId, node: int, *, timeout: float) -> dict[str, Any]:
+        """What ``node``'s replica of the group reports (runtime ``group_status`` op): role,
+        leader, commit, applied, voters, learners and, on the leader, each peer's match."""
+        if node == int(self._node.node_id):
+            if group_id not in self._node.group_ids():
+                raise ClientError("unknown_group", f"group {group_id} is not hosted here")
+            return group_status_body(self._node.status(group_id))
+        deadline = trio.current_time() + timeout
+        return await self._client.call(
+            node, "group_status", {"group": int(group_id)}, deadline=deadline
+        )
+
+    async def leader_status(
+        self, group_id: GroupId, hint: int | None, *, timeout: float
+    ) -> dict[str, Any] | None:
+        """The group's status as its leader reports it, or None if no leader answered: ask
+        ``hint`` (or this node's belief), then the leader that node names, once."""
+        candidates = [n for n in (self.leader_of(group_id), hint) if n]
+        tried: set[int] = set()
+        for _ in range(3):
+            node = next((n for n in candidates if n not in tried), None)
+            if node is None:
+                return None
+            tried.add(node)
+            try:
+                status = await self.group_status(group_id, node, timeout=timeout)
+            except ClientError:
+                continue
+            if status.get("role") == "leader":
+                return status
+            leader = int(status.get("leader") or 0)
+            if leader:
+                candidates.insert(0, leader)
+        return None
+
+    async def range_stats(self, group_id: GroupId, node: int, *, timeout: float) -> dict[str, Any]:
+        """Rows and approximate bytes of ``node``'s replica of the range (``range_stats`` op)."""
+        if node == int(self._node.node_id):
+            sm: Any = self._node.state_machine
+            stats = await self._node.call_state_machine(sm.range_stats, group_id)
+            return {"rows": stats.rows, "approx_bytes": stats.approx_bytes}
+        deadline = trio.current_time() + timeout
+        return await self._client.call(
+            node, "range_stats", {"group": int(group_id)}, deadline=deadline
+        )
+
+    async def join_group(
+        self, group_id: GroupId, backend: str, node: int, *, timeout: float
+    ) -> None:
+        """Have ``node`` host an empty replica of the group, to be added as a learner."""
+        if node == int(self._node.node_id):
+            await self._node.join_group(group_id, backend)
+            return
+        deadline = trio.current_time() + timeout
+        await self._client.call(
+            node, "join_group", {"group": int(group_id), "backend": backend}, deadline=deadline
+        )
+
+    async def change_membership(
+        self, group_id: GroupId, change: MembershipChange, *, timeout: float
+    ) -> None:
+        """Propose ``change`` through the group's leader; returns once it committed."""
+        if self._leads(group_id):
+            try:
+                await self._node.change_membership(group_id, change, timeout=timeout)
+                return
+            except _LOCAL_FALLBACK:
+                pass
+        changes = [[_CHANGE_NAMES[op.kind], int(op.node)] for op in change.ops]
+        await self._client.request(
+            "change_membership", int(group_id), {"changes": changes}, timeout_s=timeout
+        )
+
+    async def transfer_leader(self, group_id: GroupId, target: int, *, timeout: float) -> None:
+        """Ask the group's leader to hand leadership to ``target`` (best effort)."""
+        if self._leads(group_id):
+            await self._node.transfer_leadership(group_id, target, timeout=timeout)
+            return
+        await self._client.request(
+            "transfer_leader", int(group_id), {"node": target}, timeout_s=timeout
+        )
+
+
+_CHANGE_NAMES: Final = {
+    ChangeKind.ADD_LEARNER: "add_learner",
+    ChangeKind.ADD_VOTER: "add_voter",
+    ChangeKind.REMOVE: "remove",
+}
 
 
 def _bytes(reply: dict[str, object]) -> bytes:

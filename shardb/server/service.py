@@ -9,13 +9,21 @@ Services (each a trio task of the node):
 - **meta watcher**: a meta replica feeds its own applied meta state to the gateway; other
   nodes refresh it from the meta leader periodically (routing errors refresh it at once).
 - **reconciler**: makes this node host every range the meta group places on it. A range of a
-  new table is registered (its table created in SQLite) and its consensus group started. A
-  range carved out of a range this node already hosts (a split) is NOT created from the meta
-  group: it appears when this node's replica of the parent applies the split trigger (see
-  ``shardb.statemachine``), because only then has the parent applied every older write to
-  those keys. If that has not happened after ``split_repair_s`` (the gateway that started the
-  split died between the meta change and the parent's split), the reconciler proposes the
-  parent's split itself; a duplicate is refused harmlessly by epoch.
+  new table is registered (its table created in SQLite, at ``SEED_INDEX``) and its consensus
+  group started from a seed snapshot there. A range carved out of a range this node already
+  hosts (a split) is NOT created from the meta group: it appears when this node's replica of
+  the parent applies the split trigger (see ``shardb.statemachine``), because only then has
+  the parent applied every older write to those keys. If that has not happened after
+  ``split_repair_s`` (the gateway that started the split died between the meta change and the
+  parent's split), the reconciler proposes the parent's split itself; a duplicate is refused
+  harmlessly by epoch. The same repair finishes a merge whose gateway died. Any other range
+  listed with this node as voter or learner (a replica the placement driver added) gets an
+  empty replica that its leader fills by snapshot. A replica the meta group no longer lists
+  with this node, or a group retired by a merge, is deleted after ``remove_grace_s``.
+- **placement driver** (``shardb.server.placer``): on the meta group's leader, moves replicas,
+  rebuilds those of dead nodes, drains decommissioned nodes and merges small ranges.
+- **peers**: nodes that joined later (``--join``) are dialled once the meta group lists
+  their node-to-node address.
 - **splitter**: for each range this node leads, past ``split_rows`` rows it asks the gateway to
   split it at its median key (the placement driver's size rule, decided by the range's
   leader as in CockroachDB: the leader sees its range's size without a cluster-wide view).
@@ -46,6 +54,7 @@ from shardb.placement.meta import META_GROUP_ID, MetaCommand, MetaState, NodeDow
 from shardb.server.gateway import Gateway, GatewayConfig, table_schemas
 from shardb.server.groups import GroupAccess
 from shardb.server.ops import sql_ops
+from shardb.server.placer import Placer, PlacerConfig
 from shardb.sql.catalog import parse_create_table
 from shardb.statemachine.commands import decode_result, encode_query
 from shardb.statemachine.shard import ShardStateMachine
@@ -82,9 +91,15 @@ class ShardNodeConfig:
     """Clients (and other nodes' gateways) must send this token in their hello; None = no
     authentication (bind the client port to a private network then)."""
     leader_balance_s: float = 2.0
+    """How often a leader hands ranges to their hinted replicas (0 = never)."""
     node_down_after_s: float = 10.0
     """The meta leader marks a node down after suspecting it this long (0 = never)."""
-    """How often a leader hands ranges to their hinted replicas (0 = never)."""
+    placer: PlacerConfig = field(default_factory=PlacerConfig)
+    """The placement driver (replica moves, repair of dead nodes' replicas, merges)."""
+    remove_grace_s: float = 2.0
+    """A replica the meta group no longer lists is deleted after this long (the meta group
+    records membership only after the group committed it, so this is only a safety margin
+    against acting on one refresh)."""
 
 
 class ShardNode:
@@ -106,7 +121,10 @@ class ShardNode:
         self._pending_since: dict[int, float] = {}
         self._commit_seen: dict[GroupId, tuple[float, int]] = {}
         self._hot_checks: dict[GroupId, int] = {}
+        self._leaving_since: dict[GroupId, float] = {}
+        self._peers: dict[int, str] = {}
         self.joined = trio.Event()
+        self.placer: Placer | None = None
 
     @property
     def node_id(self) -> NodeId:
@@ -125,7 +143,12 @@ class ShardNode:
     async def announce(self) -> None:
         """Propose ``NodeJoined`` until the meta group applied it (retrying while it elects)."""
         host, port = self.client_address
-        command = NodeJoined(node_id=self.node_id, address=f"{host}:{port}")
+        listen = self.node.listen_address
+        command = NodeJoined(
+            node_id=self.node_id,
+            address=f"{host}:{port}",
+            peer_address=f"{listen[0]}:{listen[1]}" if listen else "",
+        )
         pause = 0.05
         while True:
             try:
@@ -149,6 +172,7 @@ class ShardNode:
                 applied, state = await self.node.call_state_machine(_meta_view, self.sm)
                 if state is not None:
                     self.gateway.offer_meta(applied, state)
+            self._learn_peers()
             if trio.current_time() - last_remote >= self.config.meta_refresh_s:
                 last_remote = trio.current_time()
                 try:
@@ -156,6 +180,27 @@ class ShardNode:
                 except (ApplicationError, ClientError, NodeError) as exc:
                     self._log.debug("meta_refresh_failed", error=str(exc))
             await trio.sleep(self.config.reconcile_interval_s)
+
+    def _learn_peers(self) -> None:
+        """Dial nodes that joined after this one started (``--join``): their node-to-node
+        address is in the meta group's node list."""
+        meta = self.gateway.meta
+        if meta is None:
+            return
+        for info in meta.nodes():
+            nid = int(info.node_id)
+            if nid == int(self.node_id) or not info.peer_address:
+                continue
+            if self._peers.get(nid) == info.peer_address:
+                continue
+            host, _, port = info.peer_address.rpartition(":")
+            try:
+                self.node.add_peer(nid, host, int(port))
+            except ValueError as exc:
+                self._log.warning("peer_address_refused", node=nid, error=str(exc))
+                continue
+            self._peers[nid] = info.peer_address
+            self._log.info("peer_learned", node=nid, address=info.peer_address)
 
     # ----------------------------------------------------------------- reconciler
 
@@ -171,7 +216,9 @@ class ShardNode:
         node = self.node
         hosted: tuple[RangeDescriptor, ...] = await node.call_state_machine(self.sm.hosted_ranges)
         running = set(node.group_ids())
-        # 1. Registered ranges (new tables, split triggers, restarts) need their group.
+        # 1. Registered ranges (new tables, split triggers) need their group. Registration
+        # puts the range at SEED_INDEX, so the group starts from a snapshot there: a replica
+        # added later gets that snapshot, never a log replayed from index 1.
         for descriptor in hosted:
             if descriptor.group_id not in running and self.node_id in descriptor.replicas:
                 await self._start_group(descriptor)
@@ -181,26 +228,27 @@ class ShardNode:
         by_group = {d.group_id: d for d in hosted}
         now = trio.current_time()
         for descriptor in meta.ranges():
-            if self.node_id not in descriptor.replicas or descriptor.group_id in by_group:
+            member = self.node_id in descriptor.replicas or self.node_id in descriptor.learners
+            if not member or descriptor.group_id in by_group:
                 self._pending_since.pop(descriptor.range_id, None)
-                continue
-            parent = _overlapping(hosted, descriptor)
-            if parent is None and descriptor.epoch > 1:
-                # Made by a split this node's replica of the parent never applied (it caught
-                # up by a snapshot taken after the split). The range's log starts at index 1
-                # from the parent's rows, which this node does not have: a replica created
-                # here from nothing would diverge. It needs a snapshot-seeded start, which
-                # this version does not implement; the range runs on its other replicas.
-                if descriptor.range_id not in self._pending_since:
-                    self._pending_since[descriptor.range_id] = now
-                    self._log.warning(
-                        "range_replica_not_created",
-                        range_id=descriptor.range_id,
-                        reason="split-created range without the parent's split applied here",
+                if member:
+                    await self._maybe_repair_merge(
+                        meta, descriptor, by_group[descriptor.group_id], hosted
                     )
                 continue
+            if descriptor.group_id in running:
+                continue  # joined, waiting for its snapshot
+            parent = _overlapping(hosted, descriptor)
+            if parent is None and (descriptor.epoch > 1 or self.node_id in descriptor.learners):
+                # 2. A replica added by the placement driver, or of a range created while this
+                # node was away: host an empty replica; the leader sends it a snapshot.
+                created = await node.join_group(descriptor.group_id, Backend(descriptor.backend))
+                if created:
+                    self._log.info("range_joined", range_id=descriptor.range_id)
+                continue
             if parent is None:
-                # 2. A range of a new table: its log from index 1 is its whole history.
+                # 3. A range of a new table: every initial replica registers it the same way
+                # (empty, at SEED_INDEX) and starts its group there.
                 info = meta.table(descriptor.table)
                 if info is None:
                     continue
@@ -208,20 +256,95 @@ class ShardNode:
                 await node.call_state_machine(self.sm.register_range, descriptor, schema.create_sql)
                 await self._start_group(descriptor)
                 continue
-            # 3. Carved out of a local range: wait for the parent's split trigger.
+            # 4. Carved out of a local range: wait for the parent's split trigger.
             since = self._pending_since.setdefault(descriptor.range_id, now)
             if now - since >= self.config.split_repair_s:
                 self._pending_since[descriptor.range_id] = now
                 await self._repair_split(meta, parent, descriptor)
+        await self._remove_departed(meta, hosted, running, now)
+
+    async def _remove_departed(
+        self,
+        meta: MetaState,
+        hosted: Sequence[RangeDescriptor],
+        running: set[GroupId],
+        now: float,
+    ) -> None:
+        """Delete replicas this node should no longer hold: of a range the meta group lists
+        without this node (moved away: the group committed the removal before the meta group
+        recorded it), or of a group neither registered here nor known to the meta group (the
+        right range of a merge, retired by the left range's merge trigger)."""
+        listed = {d.group_id: d for d in meta.ranges()}
+        registered = {d.group_id for d in hosted}
+        leaving: set[GroupId] = set()
+        for gid in running:
+            if gid == META_GROUP_ID:
+                continue
+            d = listed.get(gid)
+            if d is not None:
+                if self.node_id not in d.replicas and self.node_id not in d.learners:
+                    leaving.add(gid)
+            elif gid not in registered and gid < meta.next_group_id():
+                leaving.add(gid)
+        for gid in [g for g in self._leaving_since if g not in leaving]:
+            del self._leaving_since[gid]
+        for gid in sorted(leaving):
+            since = self._leaving_since.setdefault(gid, now)
+            if now - since < self.config.remove_grace_s:
+                continue
+            del self._leaving_since[gid]
+            if await self.node.remove_group(gid):
+                self._log.info("replica_removed", group_id=int(gid))
 
     async def _start_group(self, descriptor: RangeDescriptor) -> None:
         created = await self.node.create_group(
-            descriptor.group_id, Backend(descriptor.backend), [int(n) for n in descriptor.replicas]
+            descriptor.group_id,
+            Backend(descriptor.backend),
+            [int(n) for n in descriptor.replicas],
+            seeded=True,
         )
         if created:
             self._log.info(
                 "range_started", range_id=descriptor.range_id, group_id=int(descriptor.group_id)
             )
+
+    async def _maybe_repair_merge(
+        self,
+        meta: MetaState,
+        listed: RangeDescriptor,
+        local: RangeDescriptor,
+        hosted: Sequence[RangeDescriptor],
+    ) -> None:
+        """The meta group merged a range into ``listed`` but this node's replica of it still
+        has the old bounds: if that lasts ``split_repair_s`` (the gateway that started the
+        merge died), run the merge's idempotent steps from here."""
+        if listed.start_key != local.start_key or listed.end_key == local.end_key:
+            self._pending_since.pop(-int(listed.group_id), None)
+            return
+        right = next(
+            (
+                d
+                for d in hosted
+                if d.table == local.table
+                and local.end_key is not None
+                and d.start_key == local.end_key
+                and d.group_id != local.group_id
+            ),
+            None,
+        )
+        if right is None or right.group_id in {d.group_id for d in meta.ranges()}:
+            return
+        key = -int(listed.group_id)  # negative: never a range id
+        now = trio.current_time()
+        since = self._pending_since.setdefault(key, now)
+        if now - since < self.config.split_repair_s:
+            return
+        self._pending_since[key] = now
+        self._log.info("merge_repair", range_id=listed.range_id, absorbed=right.range_id)
+        try:
+            await self.gateway.apply_merge(local, right, listed, trio.current_time() + 10.0)
+        except ApplicationError as exc:
+            self._log.info("merge_repair_failed", error=exc.message)
 
     async def _repair_split(
         self, meta: MetaState, parent: RangeDescriptor, right: RangeDescriptor
@@ -460,6 +583,7 @@ async def open_shard_node(
                 book = {**client_book, int(node.node_id): bound}
                 access.set_addresses(book)
                 shard = ShardNode(config, node, sm, gateway, bound, log)
+                shard.placer = Placer(node, gateway, access, config.placer, log)
                 await shard.bootstrap()
                 nursery.start_soon(shard.announce)
                 nursery.start_soon(shard.watch_meta)
@@ -467,6 +591,7 @@ async def open_shard_node(
                 nursery.start_soon(shard.split_forever)
                 nursery.start_soon(shard.balance_leaders_forever)
                 nursery.start_soon(shard.watch_nodes_forever)
+                nursery.start_soon(shard.placer.run_forever)
                 log.info("shard_node_ready", client=list(bound), groups=len(node.group_ids()))
                 try:
                     yield shard

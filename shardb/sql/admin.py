@@ -49,6 +49,9 @@ def split_keys(statement: SplitAt, params: Sequence[object], ranges: RangeMap) -
         key=lambda k: (isinstance(k, str), k),
     )
     for key in keys:
-        if ranges.lookup(key).start_key == key:
+        starts_here = ranges.lookup(key).start_key == key
+        if statement.unsplit and not starts_here:
+            raise RoutingError(f"no range starts at {key!r}: nothing to unsplit there")
+        if not statement.unsplit and starts_here:
             raise RoutingError(f"{key!r} is already the start of a range")
     return tuple(keys)

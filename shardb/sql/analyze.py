@@ -210,6 +210,9 @@ class SplitAt:
     table: TableSchema
     keys: tuple[KeyTerm, ...]
     param_count: int
+    unsplit: bool = False
+    """``ALTER TABLE t UNSPLIT AT VALUES (k)`` (CockroachDB's spelling): merge the range that
+    starts at ``k`` into its left neighbour."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -341,10 +344,13 @@ def _analyze_alter(sql: str, tokens: Sequence[Token], catalog: Catalog) -> Split
     cur = Cursor(tokens, sql)
     index = cur.expect(0, "ALTER", "TABLE")
     name = _name(cur, index)
-    if cur.word(index + 1) != "SPLIT":
-        raise UnsupportedStatement("ALTER TABLE", "only ALTER TABLE t SPLIT AT VALUES is supported")
+    verb = cur.word(index + 1)
+    if verb not in ("SPLIT", "UNSPLIT"):
+        raise UnsupportedStatement(
+            "ALTER TABLE", "only ALTER TABLE t SPLIT AT / UNSPLIT AT VALUES are supported"
+        )
     table = catalog.table(name)
-    index = cur.expect(index + 1, "SPLIT", "AT", "VALUES")
+    index = cur.expect(index + 1, verb, "AT", "VALUES")
     keys: list[KeyTerm] = []
     count = 0
     while True:
@@ -354,7 +360,9 @@ def _analyze_alter(sql: str, tokens: Sequence[Token], catalog: Catalog) -> Split
             break
         index += 1
     _expect_end(cur, index)
-    return SplitAt(sql=sql, table=table, keys=tuple(keys), param_count=count)
+    return SplitAt(
+        sql=sql, table=table, keys=tuple(keys), param_count=count, unsplit=verb == "UNSPLIT"
+    )
 
 
 def _name(cur: Cursor, index: int) -> str:

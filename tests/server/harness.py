@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from consensus.runtime.client import Client, ClientError, open_client
 from consensus.runtime.localhost import free_ports
 from consensus.types import NodeId
 from shardb.server.gateway import GatewayConfig
+from shardb.server.placer import PlacerConfig
 from shardb.server.service import ShardNode, ShardNodeConfig, open_shard_node
 
 CLUSTER = "shard-test"
@@ -26,6 +27,48 @@ class ShardCluster:
     nodes: dict[int, ShardNode]
     client: Client
     addresses: dict[int, tuple[str, int]]
+    nursery: trio.Nursery | None = None
+    stops: dict[int, trio.Event] = field(default_factory=dict)
+    stopped: dict[int, trio.Event] = field(default_factory=dict)
+    template: ShardNodeConfig | None = None
+    tmp_path: Path | None = None
+
+    async def stop_node(self, node_id: int) -> None:
+        """Stop one node (its tasks end, files close; its data directory stays)."""
+        self.stops[node_id].set()
+        with trio.fail_after(30):
+            await self.stopped[node_id].wait()
+        del self.nodes[node_id]
+
+    async def add_node(self) -> ShardNode:
+        """Start a new node that joins the running cluster the way ``--join`` does: a node
+        id reserved by the meta group, the addresses of the others from the ``join`` op."""
+        assert self.nursery is not None and self.template is not None and self.tmp_path
+        reply = await self.client.call(min(self.nodes), "join", {})
+        node_id = int(reply["node_id"])
+        peer_port, client_port = free_ports(2)
+        peers = {NodeId(int(k)): _address(v) for k, v in reply["peers"].items()}
+        clients = {int(k): _address(v) for k, v in reply["clients"].items()}
+        config = replace(
+            self.template,
+            node=replace(
+                self.template.node,
+                node_id=NodeId(node_id),
+                data_dir=self.tmp_path / f"node{node_id}",
+                listen_port=peer_port,
+                peers=peers,
+                seed=node_id,
+            ),
+            client_port=client_port,
+            initial_nodes=(),
+            peer_clients=clients,
+        )
+        shard = await start_node(self, config)
+        self.addresses[node_id] = ("127.0.0.1", client_port)
+        self.client.set_addresses(self.addresses)
+        with trio.fail_after(60):
+            await shard.joined.wait()
+        return shard
 
     async def sql(
         self, text: str, params: list[Any] | None = None, *, node: int = 1, **args: Any
@@ -59,13 +102,14 @@ async def shard_cluster(
     client_token: str | None = None,
     node_down_after_s: float = 10.0,
     split_writes_per_s: float = 0.0,
+    placer: PlacerConfig | None = None,
 ) -> AsyncIterator[ShardCluster]:
     ports = free_ports(2 * n)
     peers = {NodeId(i): ("127.0.0.1", ports[i - 1]) for i in range(1, n + 1)}
     clients = {i: ("127.0.0.1", ports[n + i - 1]) for i in range(1, n + 1)}
     nodes: dict[int, ShardNode] = {}
+    configs: list[ShardNodeConfig] = []
     async with trio.open_nursery() as nursery:
-        stops: list[trio.Event] = []
         for i in range(1, n + 1):
             config = ShardNodeConfig(
                 node=NodeConfig(
@@ -88,27 +132,53 @@ async def shard_cluster(
                 client_token=client_token,
                 node_down_after_s=node_down_after_s,
                 split_writes_per_s=split_writes_per_s,
+                # Off unless a test asks: most tests want a placement that stays put.
+                placer=placer or PlacerConfig(interval_s=0),
+                remove_grace_s=0.5,
             )
-            stop = trio.Event()
-            stops.append(stop)
-
-            async def run(
-                config: ShardNodeConfig = config,
-                stop: trio.Event = stop,
-                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-            ) -> None:
-                async with open_shard_node(config) as shard:
-                    nodes[int(shard.node_id)] = shard
-                    task_status.started()
-                    await stop.wait()
-
-            await nursery.start(run)
+            configs.append(config)
+        cluster = ShardCluster(
+            nodes=nodes,
+            client=None,  # type: ignore[arg-type]  # set below, once the nodes run
+            addresses=clients,
+            nursery=nursery,
+            template=configs[0],
+            tmp_path=tmp_path,
+        )
+        for config in configs:
+            await start_node(cluster, config)
         with trio.fail_after(60):
             for shard in nodes.values():
                 await shard.joined.wait()
-        async with open_client(clients, timeout_s=30.0, token=client_token) as client:
+        async with open_client(dict(clients), timeout_s=30.0, token=client_token) as client:
+            cluster.client = client
             try:
-                yield ShardCluster(nodes=nodes, client=client, addresses=clients)
+                yield cluster
             finally:
-                for stop in stops:
+                for stop in cluster.stops.values():
                     stop.set()
+
+
+async def start_node(cluster: ShardCluster, config: ShardNodeConfig) -> ShardNode:
+    assert cluster.nursery is not None
+    node_id = int(config.node.node_id)
+    stop, stopped = trio.Event(), trio.Event()
+    cluster.stops[node_id] = stop
+    cluster.stopped[node_id] = stopped
+
+    async def run(task_status: trio.TaskStatus[ShardNode] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with open_shard_node(config) as shard:
+                cluster.nodes[node_id] = shard
+                task_status.started(shard)
+                await stop.wait()
+        finally:
+            stopped.set()
+
+    shard: ShardNode = await cluster.nursery.start(run)
+    return shard
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)

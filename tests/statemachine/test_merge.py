@@ -451,15 +451,11 @@ def test_a_write_routed_for_wider_bounds_is_refused_as_stale_and_changes_nothing
     rows), so the group refuses it as stale and the gateway retries after the trigger."""
     sm = open_sm(tmp_path / "d.db", descriptor(2, None, 100))
     apply_one(sm, 2, insert(5))
-    wide = encode_write(
-        "t", "UPDATE t SET name = 'y' WHERE id >= ?", (0,), 2, bounds=(None, 200)
-    )
+    wide = encode_write("t", "UPDATE t SET name = 'y' WHERE id >= ?", (0,), 2, bounds=(None, 200))
     result = apply_one(sm, 2, wide)
     assert result["code"] == "stale_epoch"
     assert rows(sm, 2) == [[5, "x", None, None]]
-    narrow = encode_write(
-        "t", "UPDATE t SET name = 'y' WHERE id >= ?", (0,), 2, bounds=(None, 50)
-    )
+    narrow = encode_write("t", "UPDATE t SET name = 'y' WHERE id >= ?", (0,), 2, bounds=(None, 50))
     assert apply_one(sm, 2, narrow)["rowcount"] == 1
 
 

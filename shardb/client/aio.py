@@ -244,6 +244,12 @@ class AsyncConnection(wire.StatementSettings):
         self._check_open()
         return wire.decode_meta(await self._request("meta", {}, idempotent=True))
 
+    async def admin(self, op: str, args: dict[str, Any]) -> Any:
+        """An administrative op of the node protocol (``join``, ``decommission``, ...; see
+        docs/client-protocol.md), sent once: these change the cluster."""
+        self._check_open()
+        return await self._request(op, args, idempotent=False)
+
     async def aclose(self) -> None:
         self._closed = True
         for index in sorted(self._links):

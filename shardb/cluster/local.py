@@ -37,6 +37,8 @@ class NodeSpec:
     peer_port: int
     client_port: int
     host: str = "127.0.0.1"
+    joined: bool = False
+    """Added to the running cluster (``cluster add-node``): starts with ``--join``."""
 
     @property
     def client_address(self) -> str:
@@ -155,8 +157,15 @@ class LocalCluster:
 
     def command(self, node_id: int) -> list[str]:
         me = self.spec(node_id)
-        peers = ",".join(f"{n.node_id}={n.host}:{n.peer_port}" for n in self.layout.nodes)
-        clients = ",".join(f"{n.node_id}={n.client_address}" for n in self.layout.nodes)
+        founders = [n for n in self.layout.nodes if not n.joined]
+        if me.joined:
+            # Any other node will do; the node asks them in order.
+            others = [n.client_address for n in self.layout.nodes if n.node_id != node_id]
+            membership = ["--join", ",".join(others)]
+        else:
+            peers = ",".join(f"{n.node_id}={n.host}:{n.peer_port}" for n in founders)
+            clients = ",".join(f"{n.node_id}={n.client_address}" for n in founders)
+            membership = ["--peers", peers, "--clients", clients]
         command = [
             sys.executable,
             "-m",
@@ -169,10 +178,7 @@ class LocalCluster:
             f"{me.host}:{me.peer_port}",
             "--client",
             me.client_address,
-            "--peers",
-            peers,
-            "--clients",
-            clients,
+            *membership,
             "--data-dir",
             str(self.data_dir(node_id)),
             "--cluster-id",
@@ -187,6 +193,24 @@ class LocalCluster:
         if self.layout.allow_faults:
             command.append("--allow-faults")
         return [*command, *self.layout.extra_args]
+
+    def add_node_spec(self, node_id: int) -> NodeSpec:
+        """Record a new node (its id reserved by the cluster) with fresh loopback ports; it
+        starts with ``--join`` (``start``). The caller saves the layout."""
+        if node_id in self.node_ids:
+            raise ClusterError(f"node {node_id} is already in this cluster")
+        peer_port, client_port = free_ports(2)
+        spec = NodeSpec(node_id=node_id, peer_port=peer_port, client_port=client_port, joined=True)
+        self.layout.nodes.append(spec)
+        return spec
+
+    def forget_node(self, node_id: int) -> None:
+        """Drop a removed node from the layout (its data directory stays, for inspection);
+        the caller saves the layout."""
+        self.spec(node_id)
+        self.layout.nodes = [n for n in self.layout.nodes if n.node_id != node_id]
+        self.layout.pids.pop(node_id, None)
+        self.procs.pop(node_id, None)
 
     # ----------------------------------------------------------------- processes
 

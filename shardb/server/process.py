@@ -19,17 +19,34 @@ import trio
 import typer
 
 from consensus.runtime.process import parse_address, parse_peers, run_node
+from consensus.types import NodeId
+from shardb.server.joining import JoinError, join_cluster
 
 node_app = typer.Typer(help="Run a shardb node as a real process.", no_args_is_help=True)
 
 
 @node_app.command("start")
 def start(
-    node_id: Annotated[int, typer.Option("--id", min=1, help="This node's id.")],
     listen: Annotated[str, typer.Option(help="HOST:PORT for node-to-node traffic.")],
     client: Annotated[str, typer.Option(help="HOST:PORT for SQL clients and admin.")],
     data_dir: Annotated[Path, typer.Option(help="Directory for log.db, data.db, meta.db.")],
-    cluster_id: Annotated[str, typer.Option(help="Cluster identity checked on every link.")],
+    node_id: Annotated[
+        int | None,
+        typer.Option(
+            "--id", min=1, help="This node's id (with --join: assigned by the cluster if absent)."
+        ),
+    ] = None,
+    cluster_id: Annotated[
+        str | None,
+        typer.Option(help="Cluster identity checked on every link (with --join: learned)."),
+    ] = None,
+    join: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT (client port) of a running node: join its cluster instead of "
+            "bootstrapping one with --peers."
+        ),
+    ] = None,
     peers: Annotated[
         str, typer.Option(help="ID=HOST:PORT,... node-to-node address of every initial node.")
     ] = "",
@@ -56,6 +73,26 @@ def start(
             "--allow-faults", help="Accept fault injection on the admin endpoint (tests, demos)."
         ),
     ] = False,
+    rebalance_interval: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds between placement rounds (0: no replica moves)."),
+    ] = 2.0,
+    rebalance_ops: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Placement operations (moves, merges) run at once: the speed knob."
+        ),
+    ] = 2,
+    replace_down_after: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Rebuild a down node's replicas elsewhere after this many seconds."
+        ),
+    ] = 60.0,
+    merge_bytes: Annotated[
+        int,
+        typer.Option(min=0, help="Merge adjacent ranges both smaller than this (0: never)."),
+    ] = 0,
     client_token: Annotated[
         str | None,
         typer.Option(
@@ -73,10 +110,34 @@ def start(
         raise typer.BadParameter("backend must be raft or paxos", param_hint="--backend")
     peer_map = parse_peers(peers)
     client_map = {int(n): a for n, a in parse_peers(clients).items()}
+    bootstrap_ids: tuple[int, ...] = ()
+    if join is not None:
+        if peers:
+            raise typer.BadParameter("give --peers or --join, not both", param_hint="--join")
+        try:
+            joined = join_cluster(join, data_dir, node_id, client_token)
+        except JoinError as exc:
+            typer.echo(f"shardb node: cannot join {join}: {exc}", err=True)
+            raise typer.Exit(code=3) from None
+        if cluster_id is not None and cluster_id != joined.cluster_id:
+            typer.echo(
+                f"shardb node: {join} belongs to cluster {joined.cluster_id!r}, not {cluster_id!r}",
+                err=True,
+            )
+            raise typer.Exit(code=2)
+        node_id, cluster_id = joined.node_id, joined.cluster_id
+        peer_map = {NodeId(n): a for n, a in joined.peers.items()}
+        client_map = dict(joined.clients)
+    else:
+        if node_id is None or cluster_id is None:
+            raise typer.BadParameter("--id and --cluster-id are required without --join")
+        bootstrap_ids = tuple(sorted({int(n) for n in peer_map} | {node_id}))
+    own_id: int = node_id
 
     async def serve_shard(config: object, client_address: tuple[str, int]) -> None:
         from consensus.runtime.node import NodeConfig
         from shardb.server.gateway import GatewayConfig
+        from shardb.server.placer import PlacerConfig
         from shardb.server.service import ShardNodeConfig, open_shard_node
 
         assert isinstance(config, NodeConfig)
@@ -84,12 +145,21 @@ def start(
             node=replace(config, allow_faults=allow_faults),
             client_host=client_address[0],
             client_port=client_address[1],
-            initial_nodes=tuple(sorted({int(n) for n in peer_map} | {node_id})),
-            peer_clients={n: a for n, a in client_map.items() if n != node_id},
+            initial_nodes=bootstrap_ids,
+            peer_clients={n: a for n, a in client_map.items() if n != own_id},
             gateway=GatewayConfig(default_backend=backend, replication_factor=replication),
             split_rows=split_rows,
             split_writes_per_s=split_writes,
             client_token=client_token or None,
+            placer=PlacerConfig(
+                interval_s=rebalance_interval,
+                max_operations=rebalance_ops,
+                replication_factor=replication,
+                replace_down_after_s=replace_down_after,
+                merge_bytes=merge_bytes,
+                split_rows=split_rows,
+                hot_writes_per_s=split_writes,
+            ),
         )
         log = structlog.get_logger("shardb.server.process")
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -106,12 +176,12 @@ def start(
                     break
 
     code = run_node(
-        node_id=node_id,
+        node_id=own_id,
         listen=parse_address(listen),
         client=parse_address(client),
         peers=peer_map,
         data_dir=data_dir,
-        cluster_id=cluster_id,
+        cluster_id=str(cluster_id),
         tick_interval_ms=tick_ms,
         election_timeout_ticks=election_ticks,
         snapshot_interval_entries=snapshot_every,

@@ -338,30 +338,34 @@ def cluster_transfer_leader(
     _cluster(address, data_dir, None, False, "transfer-leader", group=group, node=node)
 
 
-_NO_MEMBERSHIP = (
-    "nodes start with a static peer list, and the runtime cannot add or remove a node of a "
-    "running cluster yet"
-)
-
-
 @cluster_app.command("add-node")
 def cluster_add_node(
     address: AddrOpt = None,
     data_dir: DataDirOpt = None,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds to wait for the node to join.")
+    ] = 120.0,
 ) -> None:
-    """Not supported yet: add a node to a running cluster."""
-    del address, data_dir
-    typer.echo(f"shardb: not supported yet: add-node ({_NO_MEMBERSHIP})", err=True)
-    _finish(USAGE_EXIT)
+    """Start a new node of a local cluster (shardb up) and join it to the running cluster;
+    the placement driver then moves replicas to it."""
+    from shardb.surface.run import ClientOptions, membership_command
+
+    options = ClientOptions(address=address, data_dir=data_dir)
+    _finish(membership_command(options, "add-node", timeout_s=timeout))
 
 
 @cluster_app.command("remove-node")
 def cluster_remove_node(
-    node: Annotated[int | None, typer.Argument(min=1, help="Node to remove.")] = None,
+    node: Annotated[int, typer.Argument(min=1, help="Node to remove.")],
     address: AddrOpt = None,
     data_dir: DataDirOpt = None,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds to wait for the node to be drained.")
+    ] = 600.0,
 ) -> None:
-    """Not supported yet: remove a node from a running cluster."""
-    del node, address, data_dir
-    typer.echo(f"shardb: not supported yet: remove-node ({_NO_MEMBERSHIP})", err=True)
-    _finish(USAGE_EXIT)
+    """Decommission NODE: move its replicas (and meta group membership) to other nodes, then
+    forget it and stop its process (local cluster)."""
+    from shardb.surface.run import ClientOptions, membership_command
+
+    options = ClientOptions(address=address, data_dir=data_dir)
+    _finish(membership_command(options, "remove-node", node=node, timeout_s=timeout))

@@ -111,6 +111,46 @@ class NodeProcesses:
         self._write_pids(recorded, {**others, node_id: proc.pid})
         return proc.pid
 
+    def add_node(self, node_id: int) -> int:
+        """Record node ``node_id`` (reserved by the cluster) and start it with ``--join``;
+        return its pid."""
+        if self.owned:
+            self.cluster.add_node_spec(node_id)
+            return self.cluster.start(node_id).pid
+        recorded = self._recorded()
+        others = dict(recorded.layout.pids)
+        recorded.add_node_spec(node_id)
+        proc = recorded.start(node_id)
+        self._write_pids(recorded, {**others, node_id: proc.pid})
+        self.cluster = recorded
+        return proc.pid
+
+    def remove_node(self, node_id: int) -> None:
+        """Stop the node's process (SIGTERM, then SIGKILL after the grace time) and drop it
+        from the layout."""
+        self._check_node(node_id)
+        if self.owned:
+            if self.cluster.running(node_id):
+                self.cluster.terminate(node_id)
+            self.cluster.forget_node(node_id)
+            self.cluster.save()
+            return
+        recorded = self._recorded()
+        pid = recorded.layout.pids.get(node_id)
+        if pid is not None and is_our_node(pid, recorded.data_dir(node_id)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + KILL_WAIT_S
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        pids = {n: p for n, p in recorded.layout.pids.items() if n != node_id}
+        recorded.forget_node(node_id)
+        self._write_pids(recorded, pids)
+        self.cluster = recorded
+
     def _write_pids(self, recorded: LocalCluster, pids: dict[int, int]) -> None:
         recorded.layout.pids = dict(sorted(pids.items()))
         path = self.root / STATE_FILE

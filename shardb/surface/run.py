@@ -480,8 +480,8 @@ def run_up(
         if nodes is not None and nodes != len(cluster.layout.nodes):
             _say(
                 stderr,
-                f"shardb: the cluster in {root} has {len(cluster.layout.nodes)} nodes; adding "
-                "or removing nodes is not supported yet",
+                f"shardb: the cluster in {root} has {len(cluster.layout.nodes)} nodes; start it "
+                "as it is, then use shardb cluster add-node / remove-node",
             )
             return int(ExitCode.USAGE)
         _say(stderr, f"resuming the {cluster.layout.backend} cluster in {root} ...")
@@ -663,5 +663,88 @@ def cluster_command(
         except Exception as error:
             return _fail(stderr, error)
         return int(ExitCode.OK)
+
+    return with_session(options, body, err=stderr)
+
+
+# --- membership -----------------------------------------------------------------------------
+
+JOIN_HINT: Final = (
+    "add-node starts a node process of a local cluster (shardb up --data-dir DIR); on another "
+    "machine run: shardb node start --join {addr} --listen HOST:PORT --client HOST:PORT "
+    "--data-dir DIR"
+)
+
+
+def membership_command(
+    options: ClientOptions,
+    what: str,
+    *,
+    node: int = 0,
+    timeout_s: float = 600.0,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """``shardb cluster add-node`` / ``remove-node NODE``."""
+    stdout, stderr = out or sys.stdout, err or sys.stderr
+
+    async def add(session: ClusterSession) -> int:
+        processes = session.processes
+        if processes is None:
+            _say(stderr, "shardb: " + JOIN_HINT.format(addr=session.address))
+            return int(ExitCode.USAGE)
+        reply = await session.admin("join", {})
+        node_id = int(reply["node_id"])
+        pid = await trio.to_thread.run_sync(processes.add_node, node_id)
+        address = processes.cluster.spec(node_id).client_address
+        _say(stderr, f"node {node_id} starting at {address} (pid {pid}) ...")
+        with trio.move_on_after(timeout_s):
+            while True:
+                meta = await session.meta()
+                if any(int(n["node_id"]) == node_id and n.get("alive") for n in meta["nodes"]):
+                    _say(
+                        stdout,
+                        f"node {node_id} joined at {address}; the placement driver moves "
+                        "replicas to it",
+                    )
+                    return int(ExitCode.OK)
+                await trio.sleep(0.2)
+        _say(stderr, f"shardb: node {node_id} did not join within {timeout_s:g} s")
+        return int(ExitCode.UNAVAILABLE)
+
+    async def remove(session: ClusterSession) -> int:
+        state = await session.admin("decommission", {"node": node, "action": "start"})
+        _say(stderr, f"draining node {node}: {state['replicas']} range replicas to move ...")
+        last = None
+        with trio.move_on_after(timeout_s):
+            while state["replicas"] or state["meta_member"]:
+                shown = (state["replicas"], state["meta_member"])
+                if shown != last:
+                    last = shown
+                    meta_note = ", meta group member" if state["meta_member"] else ""
+                    _say(stderr, f"  node {node}: {state['replicas']} replicas left{meta_note}")
+                await trio.sleep(0.5)
+                state = await session.admin("decommission", {"node": node, "action": "status"})
+        if state["replicas"] or state["meta_member"]:
+            _say(
+                stderr,
+                f"shardb: node {node} still holds {state['replicas']} replicas after "
+                f"{timeout_s:g} s; it stays decommissioning (run remove-node again to wait)",
+            )
+            return int(ExitCode.UNAVAILABLE)
+        await session.admin("decommission", {"node": node, "action": "remove"})
+        processes = session.processes
+        if processes is not None and node in processes.cluster.node_ids:
+            await trio.to_thread.run_sync(processes.remove_node, node)
+            _say(stdout, f"node {node} drained, removed from the cluster and stopped")
+        else:
+            _say(stdout, f"node {node} drained and removed from the cluster; stop its process")
+        return int(ExitCode.OK)
+
+    async def body(session: ClusterSession) -> int:
+        try:
+            return await (add(session) if what == "add-node" else remove(session))
+        except Exception as error:
+            return _fail(stderr, error)
 
     return with_session(options, body, err=stderr)

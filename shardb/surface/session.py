@@ -124,6 +124,10 @@ class ClusterSession:
     async def execute(self, sql: str, params: Sequence[Cell] = ()) -> Result:
         return await self._conn.execute(sql, params)
 
+    async def admin(self, op: str, args: dict[str, Any]) -> Any:
+        """A cluster-changing op of the node protocol (``join``, ``decommission``)."""
+        return await self._conn.admin(op, args)
+
     async def meta(self) -> dict[str, Any]:
         meta = await self._conn.meta()
         self._learn(meta)

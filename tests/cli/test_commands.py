@@ -249,3 +249,38 @@ def test_network_faults_from_the_shell_reach_every_node_and_heal(
     assert "healed n1, n2, n3" in done.stderr
     check = shardb(tmp_path, "sql", "-d", str(cluster), "-e", "SELECT v FROM kv WHERE k = 7")
     assert "during the partition" in check.stdout
+
+
+def test_add_node_then_remove_node_moves_replicas_and_keeps_the_rows(
+    cluster: Path, tmp_path: Path
+) -> None:
+    """``cluster add-node`` starts node 4 with ``--join`` (id reserved by the cluster); the
+    placement driver gives it replicas; ``cluster remove-node 4`` drains it (its replicas move
+    back, add before remove), forgets it and stops its process. The rows survive both moves.
+    Runs last in this module: it changes the module cluster's membership and restores it."""
+
+    def count() -> object:
+        done = shardb(
+            tmp_path, "sql", "-d", str(cluster), "-e", "SELECT count(*) FROM kv", "--json"
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    before = count()
+    added = shardb(tmp_path, "cluster", "add-node", "--data-dir", str(cluster))
+    assert added.returncode == 0, added.stderr
+    assert "node 4 joined" in added.stdout
+    layout = LocalCluster.load(cluster).layout
+    assert [n.node_id for n in layout.nodes] == [1, 2, 3, 4]
+    assert layout.nodes[-1].joined
+
+    removed = shardb(
+        tmp_path, "cluster", "remove-node", "4", "--data-dir", str(cluster), "--timeout", "180"
+    )
+    assert removed.returncode == 0, removed.stderr
+    assert "node 4 drained" in removed.stdout
+    assert [n.node_id for n in LocalCluster.load(cluster).layout.nodes] == [1, 2, 3]
+    nodes = shardb(tmp_path, "cluster", "nodes", "-d", str(cluster), "--json")
+    assert nodes.returncode == 0, nodes.stderr
+    assert sorted(n["node_id"] for n in json.loads(nodes.stdout)) == [1, 2, 3]
+    assert count() == before

@@ -688,17 +688,20 @@ class MetaState:
         self._log.info("node_id_reserved", reserved=node_id)
         return MetaResult(node_id=node_id)
 
-    def _on_decommission_node(self, cmd: DecommissionNode) -> MetaResult:
-        node = self._nodes.get(cmd.node_id)
+    def _known_node(self, node_id: NodeId) -> NodeInfo:
+        node = self._nodes.get(node_id)
         if node is None:
-            raise _Rejected(MetaErrorCode.UNKNOWN_NODE, f"no node {cmd.node_id}")
+            raise _Rejected(MetaErrorCode.UNKNOWN_NODE, f"no node {node_id}")
+        return node
+
+    def _on_decommission_node(self, cmd: DecommissionNode) -> MetaResult:
+        node = self._known_node(cmd.node_id)
         self._nodes[cmd.node_id] = replace(node, decommissioning=True)
         self._log.info("node_decommissioning", decommissioned=cmd.node_id)
         return MetaResult()
 
     def _on_remove_node(self, cmd: RemoveNode) -> MetaResult:
-        if cmd.node_id not in self._nodes:
-            raise _Rejected(MetaErrorCode.UNKNOWN_NODE, f"no node {cmd.node_id}")
+        self._known_node(cmd.node_id)
         using = [
             r.range_id
             for r in self.ranges()
@@ -715,9 +718,7 @@ class MetaState:
         return MetaResult()
 
     def _on_node_down(self, cmd: NodeDown) -> MetaResult:
-        node = self._nodes.get(cmd.node_id)
-        if node is None:
-            raise _Rejected(MetaErrorCode.UNKNOWN_NODE, f"no node {cmd.node_id}")
+        node = self._known_node(cmd.node_id)
         self._nodes[cmd.node_id] = replace(node, alive=False)
         self._log.info("node_marked_down", down=cmd.node_id)
         return MetaResult()

@@ -87,6 +87,7 @@ from shardb.sql import (
     show_ranges,
     split_keys,
 )
+from shardb.sql.admin import range_filter
 from shardb.sql.catalog import parse_create_index, parse_create_table
 from shardb.sql.errors import (
     MergeError,
@@ -861,15 +862,21 @@ class Gateway:
         if right.start_key is None:  # pragma: no cover - SplitRange always sets it
             raise ApplicationError("internal", "split without a key")
         command = encode_split(right.start_key, parent.epoch, left.epoch, right)
+        await self._propose_trigger(parent, command, "split", deadline)
+
+    async def _propose_trigger(
+        self, target: RangeDescriptor, command: bytes, what: str, deadline: float
+    ) -> None:
+        """Propose a split or merge trigger to ``target``'s group. ``stale_epoch`` means a
+        reconciler (or an earlier attempt) already applied this very trigger: done."""
         raw = await self._call(
-            lambda t: self._access.propose(parent.group_id, command, timeout=t),
+            lambda t: self._access.propose(target.group_id, command, timeout=t),
             deadline,
-            f"range {parent.range_id}",
+            f"range {target.range_id}",
         )
         result = decode_result(raw)
         if not result["ok"] and result.get("code") != ResultCode.STALE_EPOCH.value:
-            # stale_epoch: a reconciler already applied this very split.
-            raise ApplicationError("sql_error", f"split refused by the range: {result['error']}")
+            raise ApplicationError("sql_error", f"{what} refused by the range: {result['error']}")
 
     # ----------------------------------------------------------------- merges
 
@@ -937,15 +944,8 @@ class Gateway:
         info = meta.table(right.table)
         if info is None:
             raise ApplicationError("sql_error", f"merge: no table {right.table}")
+        clause, bounds = range_filter(info.pk_column, right)
         pk = _quote(info.pk_column)
-        where, bounds = [], []
-        if right.start_key is not None:
-            where.append(f"{pk} >= ?")
-            bounds.append(right.start_key)
-        if right.end_key is not None:
-            where.append(f"{pk} < ?")
-            bounds.append(right.end_key)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
         query = encode_query(
             f"SELECT * FROM {_quote(right.table)}{clause} ORDER BY {pk}", bounds, right.epoch
         )
@@ -962,15 +962,7 @@ class Gateway:
                 "sql_error", f"merge: reading the right range: {rows.get('error')}"
             )
         command = encode_merge(left.epoch, merged.epoch, right, rows["columns"], rows["rows"])
-        applied = await self._call(
-            lambda t: self._access.propose(left.group_id, command, timeout=t),
-            deadline,
-            f"range {left.range_id}",
-        )
-        result = decode_result(applied)
-        if not result["ok"] and result.get("code") != ResultCode.STALE_EPOCH.value:
-            # stale_epoch: a reconciler already applied this very merge.
-            raise ApplicationError("sql_error", f"merge refused by the range: {result['error']}")
+        await self._propose_trigger(left, command, "merge", deadline)
         self._log.info(
             "ranges_merged", range_id=left.range_id, absorbed=right.range_id, rows=len(rows["rows"])
         )

@@ -55,6 +55,7 @@ from shardb.server.gateway import Gateway, GatewayConfig, table_schemas
 from shardb.server.groups import GroupAccess
 from shardb.server.ops import sql_ops
 from shardb.server.placer import Placer, PlacerConfig
+from shardb.sql.admin import range_filter
 from shardb.sql.catalog import parse_create_table
 from shardb.statemachine.commands import decode_result, encode_query
 from shardb.statemachine.shard import ShardStateMachine
@@ -502,14 +503,7 @@ class ShardNode:
             return None
         pk = '"' + info.pk_column.replace('"', '""') + '"'
         table = '"' + descriptor.table.replace('"', '""') + '"'
-        where, params = [], []
-        if descriptor.start_key is not None:
-            where.append(f"{pk} >= ?")
-            params.append(descriptor.start_key)
-        if descriptor.end_key is not None:
-            where.append(f"{pk} < ?")
-            params.append(descriptor.end_key)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        clause, params = range_filter(info.pk_column, descriptor)
         sql = f"SELECT {pk} FROM {table}{clause} ORDER BY {pk} LIMIT 1 OFFSET ?"
         query = encode_query(sql, [*params, rows // 2], descriptor.epoch)
         raw = await self.node.call_state_machine(self.sm.query, descriptor.group_id, query)

@@ -55,3 +55,18 @@ def split_keys(statement: SplitAt, params: Sequence[object], ranges: RangeMap) -
         if not statement.unsplit and starts_here:
             raise RoutingError(f"{key!r} is already the start of a range")
     return tuple(keys)
+
+
+def range_filter(pk_column: str, descriptor: RangeDescriptor) -> tuple[str, list[Key]]:
+    """`` WHERE pk >= ? AND pk < ?`` (as far as the range is bounded) and its parameters:
+    a query confined to one range's keys on a node's shared physical table."""
+    pk = '"' + pk_column.replace('"', '""') + '"'
+    where: list[str] = []
+    params: list[Key] = []
+    if descriptor.start_key is not None:
+        where.append(f"{pk} >= ?")
+        params.append(descriptor.start_key)
+    if descriptor.end_key is not None:
+        where.append(f"{pk} < ?")
+        params.append(descriptor.end_key)
+    return (f" WHERE {' AND '.join(where)}" if where else ""), params

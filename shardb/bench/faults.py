@@ -5,10 +5,12 @@ of a range, found by asking every live node for its ``status``; heal = start it 
 ``pause_node`` (SIGSTOP, heal = SIGCONT) and ``restart`` (kill -9, then start after
 ``heal_after_s``, default at once). Network and clock faults go through each node's ``fault``
 admin op (docs/client-protocol.md): ``partition`` is ``block`` sent to both sides of every cut
-link, ``slow_link`` is ``delay`` on both directions, ``clock_skew`` is ``clock_jump``; heal
-sends ``unblock``/``heal``. A node that refuses the op (started without ``--allow-faults``, or
-a build without the op) makes that fault *not applied*: the event carries the error and the
-run goes on, so the report shows it instead of a silently healthy run.
+link, ``slow_link`` is ``delay`` on both directions (with its ``jitter_ms``: each batch waits
+``delay +- jitter``, per-link FIFO kept; see ``consensus.runtime.faults``), ``clock_skew`` is
+``clock_jump``; heal sends ``unblock``/``heal``. A node that refuses the op (started without
+``--allow-faults``, or a build without the op) makes that fault *not applied*: the event
+carries the error and the run goes on, so the report shows it instead of a silently healthy
+run.
 """
 
 from __future__ import annotations
@@ -271,9 +273,9 @@ class FaultRunner:
                 event.nodes = sorted({n for link in links for n in link})
                 delay = spec.arg("delay_ms")
                 jitter = spec.arg("jitter_ms", 0)
-                if jitter:
-                    event.note = f"jitter_ms={jitter} ignored: the fault op has a fixed delay"
-                await self._fault_op_pairs(links, {"kind": "delay", "delay_ms": delay}, event)
+                await self._fault_op_pairs(
+                    links, {"kind": "delay", "delay_ms": delay, "jitter_ms": jitter}, event
+                )
 
                 async def undelay() -> None:
                     await self._fault_op_pairs(links, {"kind": "delay", "delay_ms": 0}, None)

@@ -2,6 +2,7 @@
 
 - ``throughput_vs_clients.png``: median throughput (with min-max bars) per backend against
   the number of clients of the variant (one point per backend when nothing was swept);
+  ``throughput_vs_ranges.png`` instead when the variants differ in their number of ranges;
 - ``latency_percentiles.png``: the latency distribution per operation, per backend, from the
   HdrHistograms of every repetition merged (x: percentile on a 1/(1-p) scale);
 - ``timeseries.png``: successful operations per second and mean latency over the run phases,
@@ -35,13 +36,24 @@ def _ok_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in results["runs"] if not r.get("error") and r.get("run")]
 
 
-def throughput_vs_clients(results: dict[str, Any], path: Path) -> None:
+AXIS_LABELS: Final = {"clients": "closed-loop clients", "ranges": "ranges (consensus groups)"}
+
+
+def swept_param(results: dict[str, Any]) -> str:
+    """The variant parameter the sweep varies: ``ranges`` when the variants differ in it,
+    else ``clients`` (also for a single variant)."""
+    seen = {r["variant_params"].get("ranges") for r in results["runs"] if r.get("variant_params")}
+    return "ranges" if len(seen) > 1 else "clients"
+
+
+def throughput_vs_clients(results: dict[str, Any], path: Path, *, param: str = "clients") -> None:
+    """Median throughput against ``param`` (a ``variant_params`` key)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     by_backend: dict[str, list[tuple[float, float, float, float]]] = {}
     for variant, backends in results["summary"].items():
         clients = next(
             (
-                r["variant_params"]["clients"]
+                r["variant_params"][param]
                 for r in results["runs"]
                 if r["variant"] == variant and r.get("variant_params")
             ),
@@ -61,7 +73,7 @@ def throughput_vs_clients(results: dict[str, Any], path: Path) -> None:
         high = [p[3] - p[1] for p in points]
         ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=4, label=backend,
                     color=_color(backend))  # fmt: skip
-    ax.set_xlabel("closed-loop clients")
+    ax.set_xlabel(AXIS_LABELS.get(param, param))
     ax.set_ylabel("successful ops/s (median, min-max)")
     if len({x for pts in by_backend.values() for x, *_ in pts}) > 1:
         ax.set_xscale("log", base=2)
@@ -167,8 +179,11 @@ def render_plots(results: dict[str, Any], out_dir: Path) -> list[str]:
     written: list[str] = []
     if not _ok_runs(results):
         return written
+    param = swept_param(results)
+    name = f"throughput_vs_{param}.png"
+    throughput_vs_clients(results, out_dir / name, param=param)
+    written.append(name)
     for name, draw in (
-        ("throughput_vs_clients.png", throughput_vs_clients),
         ("latency_percentiles.png", latency_percentiles),
         ("timeseries.png", timeseries),
     ):

@@ -32,8 +32,11 @@ COUNTERS: Final = (
     "loops",
     "term_changes",
     "messages_dropped",
+    "bytes_sent",
 )
-"""Monotonic ``stats`` counters summed over a run (gauges and maxima are not deltas)."""
+"""Monotonic ``stats`` counters summed over a run (gauges and maxima are not deltas).
+``bytes_sent`` is the transport's (BATCH frames as written to the sockets, handshakes not
+counted), merged into the node's counters by the sampler."""
 
 
 def clock_ticks_per_second() -> int:
@@ -138,17 +141,20 @@ class ProcessLedger:
 def per_committed_entry(
     counters: Mapping[int, Mapping[str, int]], committed_entries: int
 ) -> dict[str, float | None]:
-    """Cluster-wide messages, frames and fsyncs per committed log entry.
+    """Cluster-wide messages, frames, bytes sent and fsyncs per committed log entry.
 
     ``committed_entries`` counts each entry of each group once (the growth of the group's
     commit index), whereas counters are summed over every node: so 3 replicas each fsyncing
-    once per entry give 3.0 fsyncs per entry.
+    once per entry give 3.0 fsyncs per entry. Bytes are every node-to-node byte sent (the
+    leader's appends to each follower, their replies, heartbeats, elections), not only the
+    entries' payload.
     """
     totals = {name: sum(c.get(name, 0) for c in counters.values()) for name in COUNTERS}
     if committed_entries <= 0:
-        return {"messages": None, "frames": None, "fsyncs": None}
+        return {"messages": None, "frames": None, "bytes": None, "fsyncs": None}
     return {
         "messages": totals["messages_sent"] / committed_entries,
         "frames": totals["frames_sent"] / committed_entries,
+        "bytes": totals["bytes_sent"] / committed_entries,
         "fsyncs": totals["fsyncs"] / committed_entries,
     }

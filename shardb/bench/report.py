@@ -17,6 +17,7 @@ NAMES: Final = {
     "retries": "gateway retries",
     "messages_per_entry": "messages / committed entry",
     "frames_per_entry": "frames / committed entry",
+    "bytes_per_entry": "bytes sent / committed entry",
     "fsyncs_per_entry": "fsyncs / committed entry",
     "committed_entries": "committed entries",
     "cpu_s.total": "CPU s, all nodes",
@@ -72,6 +73,7 @@ def ordered_metrics(metrics: Sequence[str]) -> list[str]:
             "committed_entries",
             "messages_per_entry",
             "frames_per_entry",
+            "bytes_per_entry",
             "fsyncs_per_entry",
             "cpu_s.total",
             "cpu_ms_per_op",
@@ -205,7 +207,8 @@ def render_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
         "Each cell: median over repetitions, [min-max] when they differ. Latencies are from "
         "the intended start of each operation (coordinated-omission corrected under a "
         "target rate). Per-entry costs divide cluster-wide node counters by the growth of "
-        "the groups' commit indices during the run phases.",
+        "the groups' commit indices during the run phases (bytes: node-to-node transport "
+        "bytes sent, every message kind, not only the entries' payload).",
         "",
     ]
     for variant, summary in results["summary"].items():

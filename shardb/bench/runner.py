@@ -202,6 +202,17 @@ def load_batches(inserts: Sequence[YcsbOp], ranges: RangeIndex, size: int) -> li
 # Sampling nodes
 
 
+def node_counters(stats: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The counters of one ``stats`` reply: the node's, with the transport's ``bytes_sent``
+    beside them (None when the node did not answer). A node without transport statistics in
+    its reply (an older build) counts 0 bytes rather than failing the run."""
+    if not stats or not isinstance(stats.get("node"), dict):
+        return None
+    transport = stats.get("transport")
+    sent = transport.get("bytes_sent", 0) if isinstance(transport, dict) else 0
+    return {**stats["node"], "bytes_sent": sent}
+
+
 class NodeSampler:
     """Counters (``stats``), CPU time (/proc) and commit indices (``status``) of every node."""
 
@@ -234,7 +245,7 @@ class NodeSampler:
             if pid is None and self.processes:
                 continue  # down (killed, not restarted yet): nothing to sample
             stats = await self._call(node, "stats")
-            counters = stats.get("node") if stats else None
+            counters = node_counters(stats)
             key = pid if pid is not None else -node
             fresh = self._baseline_done and key not in self._seen_pids
             self._seen_pids.add(key)

@@ -62,6 +62,9 @@ def test_a_short_comparison_runs_end_to_end_and_writes_the_report(tmp_path: Path
         assert run["run"]["ok"] > 0
         assert run["nodes"]["committed_entries"] > 0
         assert run["nodes"]["per_entry"]["fsyncs"] is not None
+        # Reported even on one node, where nothing crosses the network (the leader-kill run
+        # below checks a 3-node cluster's bytes).
+        assert run["nodes"]["per_entry"]["bytes"] == 0
         assert run["checks"] == [
             {"name": "row_count usertable", "passed": True, "detail": "120 rows, expected 120"}
         ]
@@ -69,6 +72,7 @@ def test_a_short_comparison_runs_end_to_end_and_writes_the_report(tmp_path: Path
     assert set(results["summary"]["tiny"]) == {"raft", "paxos"}
     report = (out / "report.md").read_text()
     assert "| throughput (ops/s) |" in report
+    assert "| bytes sent / committed entry |" in report
     assert "![timeseries.png](timeseries.png)" in report
     assert (out / "timeseries.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -118,6 +122,9 @@ def test_register_history_through_a_leader_kill_is_linearizable(tmp_path: Path) 
     assert check["passed"], check
     assert record["run"]["labels"]["write"]["ok"] > 0
     assert record["run"]["labels"]["cas"]["ok"] > 0
+    # Bytes come from each node's transport counters in its ``stats`` reply: every entry is
+    # appended to two followers, so a committed entry costs at least its payload twice.
+    assert record["nodes"]["per_entry"]["bytes"] > 2 * 8
 
 
 RESTART_THEN_SKEW = """

@@ -15,6 +15,7 @@ from shardb.bench.procstat import (
     per_committed_entry,
     process_cpu_seconds,
 )
+from shardb.bench.runner import node_counters
 
 
 def _stat_line(comm: str, utime: int, stime: int) -> str:
@@ -73,8 +74,30 @@ def test_ledger_sums_incarnations_across_a_restart() -> None:
 
 def test_per_committed_entry_divides_cluster_totals() -> None:
     counters = {
-        n: {**dict.fromkeys(COUNTERS, 0), "messages_sent": 40, "frames_sent": 20, "fsyncs": 10}
+        n: {**dict.fromkeys(COUNTERS, 0), "messages_sent": 40, "frames_sent": 20, "fsyncs": 10,
+            "bytes_sent": 3000}
         for n in (1, 2, 3)
+    }  # fmt: skip
+    assert per_committed_entry(counters, 30) == {
+        "messages": 4.0,
+        "frames": 2.0,
+        "bytes": 300.0,
+        "fsyncs": 1.0,
     }
-    assert per_committed_entry(counters, 30) == {"messages": 4.0, "frames": 2.0, "fsyncs": 1.0}
     assert per_committed_entry(counters, 0)["messages"] is None
+    assert per_committed_entry(counters, 0)["bytes"] is None
+
+
+def test_sampled_counters_carry_the_transport_bytes_sent() -> None:
+    """The ``stats`` reply keeps transport counters apart from the node's; the sampler puts
+    ``bytes_sent`` beside the node's counters so the ledger takes its delta like any other."""
+    reply = {"node": {"messages_sent": 7}, "transport": {"bytes_sent": 1234, "frames_sent": 3}}
+    counters = node_counters(reply)
+    assert counters == {"messages_sent": 7, "bytes_sent": 1234}
+    ledger = ProcessLedger()
+    ledger.observe(1, 100, counters=counters, cpu_s=None)
+    ledger.observe(1, 100, counters=node_counters({**reply, "transport": {"bytes_sent": 5234}}),
+                   cpu_s=None)  # fmt: skip
+    assert ledger.node_counters()[1]["bytes_sent"] == 4000
+    assert node_counters(None) is None
+    assert node_counters({"node": {"messages_sent": 1}}) == {"messages_sent": 1, "bytes_sent": 0}

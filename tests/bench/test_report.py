@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from shardb.bench.compare import run_metrics, summarize
+from shardb.bench.plots import render_plots, swept_param
 from shardb.bench.report import comparison_rows, fmt, fmt_spread, render_markdown
 from shardb.workload_cli import _standalone
 
@@ -69,3 +70,28 @@ def test_bench_report_renders_the_files_again_from_results_json(tmp_path: Path) 
     for name in ("throughput_vs_clients.png", "latency_percentiles.png", "timeseries.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG
     assert "## Faults, per run" in (tmp_path / "report.md").read_text()
+
+
+def test_a_ranges_sweep_is_plotted_against_ranges(tmp_path: Path, results: dict[str, Any]) -> None:
+    """Variants that differ in their number of ranges get throughput against ranges (the
+    ranges sweep); the clients plot stays for everything else."""
+    runs = []
+    for ranges in (1, 16):
+        for run in results["runs"]:
+            variant = f"sweep[ranges={ranges}]"
+            params = {**run["variant_params"], "ranges": ranges}
+            runs.append({**run, "variant": variant, "variant_params": params})
+    swept = {**results, "runs": runs, "summary": summarize(runs)}
+    assert swept_param(swept) == "ranges"
+    assert swept_param(results) == "clients"
+    names = render_plots(swept, tmp_path)
+    assert names[0] == "throughput_vs_ranges.png"
+    assert (tmp_path / "throughput_vs_ranges.png").read_bytes()[:8] == PNG
+
+
+def test_markdown_shows_bytes_per_committed_entry(results: dict[str, Any]) -> None:
+    run = results["runs"][0]
+    nodes = {**run["nodes"], "per_entry": {**run["nodes"]["per_entry"], "bytes": 812.5}}
+    runs = [{**run, "nodes": nodes}]
+    report = render_markdown({**results, "runs": runs, "summary": summarize(runs)})
+    assert "| bytes sent / committed entry | 812 |" in report

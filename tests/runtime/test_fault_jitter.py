@@ -185,3 +185,15 @@ async def test_fault_op_takes_jitter_and_stats_report_transport_bytes(tmp_path: 
                 stats = await client.stats(leader)
                 assert stats["transport"]["bytes_sent"] > 0
                 assert stats["transport"]["messages_sent"] == stats["node"]["messages_sent"]
+
+
+async def test_batches_due_together_leave_in_one_send(clock: MockClock) -> None:
+    """A busy node must not release its delayed batches one scheduler round at a time (it
+    would fall behind the due times): everything due at a wake-up goes out as one frame."""
+    async with faulty_pair(seed=6) as (faulty, t2):
+        faulty.delay([2], DELAY_S)
+        for seq in range(100):
+            faulty.send([ping(1, 2, seq)])
+        got = [(await t2.inbound.receive()).body.seq for _ in range(100)]  # type: ignore[attr-defined]
+        assert got == list(range(100))
+        assert faulty.statistics().frames_sent == 1

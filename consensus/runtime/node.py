@@ -201,6 +201,9 @@ class NodeConfig:
     max_inbox_messages: int = 16384
     """Messages the inbound pump buffers before it stops reading (backpressure to peers)."""
     max_log_db_bytes: int | None = None
+    fsync: bool = True
+    """False: the log store never fsyncs (benchmarks of what durability costs only; a crash
+    of the machine may then lose acknowledged writes)."""
     allow_faults: bool = False
     """Wrap the transport in ``FaultyTransport`` so that links can be blocked or slowed on
     command (experiments and tests only)."""
@@ -1351,6 +1354,7 @@ async def open_node(
         node_id=config.node_id,
         create=config.create,
         max_db_bytes=config.max_log_db_bytes,
+        fsync=config.fsync,
         logger=log,
     ) as writer:
         sm: StateMachine

@@ -140,6 +140,7 @@ def run_node(
     tick_interval_ms: int = 10,
     election_timeout_ticks: int = 20,
     snapshot_interval_entries: int = 10_000,
+    fsync: bool = True,
     log_level: str = "info",
     serve_node: Callable[[NodeConfig, tuple[str, int]], Awaitable[None]] | None = None,
 ) -> int:
@@ -168,6 +169,7 @@ def run_node(
                 tick_interval_ms=tick_interval_ms,
                 election_timeout_ticks=election_timeout_ticks,
                 snapshot_interval_entries=snapshot_interval_entries,
+                fsync=fsync,
             )
             try:
                 trio.run(serve_node or serve, config, client)

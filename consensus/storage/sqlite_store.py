@@ -253,6 +253,7 @@ class SQLiteLogStore:
         create: bool = False,
         max_db_bytes: int | None = None,
         verify_on_open: bool = True,
+        fsync: bool = True,
         logger: Logger | None = None,
     ) -> None:
         self._path = Path(path)
@@ -263,6 +264,11 @@ class SQLiteLogStore:
         )
         self._synced_commits = True
         """Whether commits currently fsync (synchronous=FULL, set by _configure)."""
+        self._fsync = fsync
+        """False: never fsync on commit (synchronous=NORMAL in WAL mode: consistent after a
+        crash, but the last commits may be lost). Only for measuring what fsync costs
+        (``--unsafe-no-fsync``): votes and acknowledgements then promise state a power loss
+        can take back, which breaks Raft's and Paxos's safety arguments."""
         self._failure: str | None = None
         self._closed = False
         self._groups: dict[GroupId, GroupInfo] = {}
@@ -611,6 +617,7 @@ class SQLiteLogStore:
 
     def _transact(self, ops: _Ops, *, during: str, sync: bool = True) -> None:
         conn = self._conn
+        sync = sync and self._fsync
         try:
             if sync != self._synced_commits:
                 # Outside a transaction, as SQLite requires; 2 = FULL, 1 = NORMAL.

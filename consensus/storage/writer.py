@@ -91,6 +91,7 @@ async def open_storage_writer(
     create: bool = False,
     max_db_bytes: int | None = None,
     verify_on_open: bool = True,
+    fsync: bool = True,
     logger: Logger | None = None,
 ) -> AsyncIterator[StorageWriter]:
     """Open (in a worker thread: ``quick_check`` reads the whole file) and close a store."""
@@ -103,6 +104,7 @@ async def open_storage_writer(
             create=create,
             max_db_bytes=max_db_bytes,
             verify_on_open=verify_on_open,
+            fsync=fsync,
             logger=logger,
         )
 

@@ -100,6 +100,14 @@ def start(
             help="Require this token in every client's hello (clients send $SHARDB_TOKEN).",
         ),
     ] = None,
+    unsafe_no_fsync: Annotated[
+        bool,
+        typer.Option(
+            "--unsafe-no-fsync",
+            help="Never fsync the consensus log: only to measure what durability costs "
+            "(a machine crash may lose acknowledged writes).",
+        ),
+    ] = False,
     kv: Annotated[
         bool, typer.Option("--kv", help="Run the bare key-value runtime node instead.")
     ] = False,
@@ -185,6 +193,7 @@ def start(
         tick_interval_ms=tick_ms,
         election_timeout_ticks=election_ticks,
         snapshot_interval_entries=snapshot_every,
+        fsync=not unsafe_no_fsync,
         log_level=log_level,
         serve_node=None if kv else serve_shard,
     )

@@ -168,3 +168,21 @@ def test_a_fault_right_after_a_restart_heal_reaches_the_restarted_node(tmp_path:
     assert skew["kind"] == "clock_skew"
     assert skew["error"] is None, skew
     assert record["nodes"]["incarnations"]["3"] == 2
+
+
+def test_nofsync_durability_runs_nodes_whose_log_never_fsyncs(tmp_path: Path) -> None:
+    """``durability = "nofsync"`` starts the nodes with ``--unsafe-no-fsync``: the same run,
+    with the consensus log's fsyncs per committed entry at zero (what durability costs is
+    the difference to an fsync run)."""
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY.replace("nodes = 1\n", 'nodes = 1\ndurability = "nofsync"\n'))
+    out = tmp_path / "run.json"
+    args = ["workload", "run", "--scenario", str(scenario), "--backend", "raft",
+            "--root", str(tmp_path / "root"), "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(_standalone(), args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert record["cluster"]["durability"] == "nofsync"
+    assert record["error"] is None
+    assert record["nodes"]["committed_entries"] > 0
+    assert record["nodes"]["per_entry"]["fsyncs"] == 0

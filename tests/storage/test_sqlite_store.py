@@ -645,3 +645,28 @@ def test_entries_are_synced_even_when_must_sync_is_not_set(open_store: OpenStore
     before = store.statistics()
     store.write_batch([(G1, Ready(entries=(entry(1, 1),), must_sync=False))])
     assert store.statistics().fsyncs - before.fsyncs == 1
+
+
+def test_a_store_opened_without_fsync_never_fsyncs_and_still_round_trips(
+    open_store: OpenStore,
+) -> None:
+    """``fsync=False`` (``--unsafe-no-fsync``, for measuring what durability costs): even a
+    batch that must be synced commits without an fsync, and the data reads back."""
+    store = open_store(fsync=False)
+    store.create_group(G1, Backend.RAFT, CONF)
+    before = store.statistics().fsyncs
+    for i in range(1, 6):
+        ready = Ready(entries=(entry(i, 1),), hard_state=HardState(term=Term(1)), must_sync=True)
+        store.write_batch([(G1, ready)])
+    assert store.statistics().fsyncs == before
+    assert [e.index for e in store.load(G1).entries] == [1, 2, 3, 4, 5]
+
+
+def test_a_durable_store_fsyncs_every_synced_batch(open_store: OpenStore) -> None:
+    store = open_store()
+    store.create_group(G1, Backend.RAFT, CONF)
+    before = store.statistics().fsyncs
+    for i in range(1, 6):
+        ready = Ready(entries=(entry(i, 1),), hard_state=HardState(term=Term(1)), must_sync=True)
+        store.write_batch([(G1, ready)])
+    assert store.statistics().fsyncs >= before + 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -83,9 +84,13 @@ async def test_an_isolated_leader_loses_its_ranges_and_heals(tmp_path: Path) -> 
             await cluster.client.call(other, "fault", {"kind": "block", "peers": [leader]})
         # The gateways' clients can still reach the isolated node's client port (only peer
         # links are cut): wait until CheckQuorum made it step down, or a write sent there
-        # would wait, outcome unknown, until the partition heals.
+        # would wait, outcome unknown, until the partition heals. A range that had quiesced
+        # before the cut keeps its leader asleep (no ticks, so no CheckQuorum) until a
+        # request wakes it, as a client's would: poke it with a short read.
         with trio.fail_after(30):
             while (await leaders(cluster, "t", via=others[0])).get(range_id) in (None, leader):
+                with contextlib.suppress(ClientError):
+                    await cluster.sql("SELECT count(*) FROM t", node=leader, timeout_ms=300)
                 await trio.sleep(0.05)
         await cluster.sql("INSERT INTO t VALUES (2, 'during')", node=others[0])
         got = await cluster.sql("SELECT count(*) FROM t", node=others[1])

@@ -142,6 +142,12 @@ class Client:
         """The node that last answered for ``group`` as its leader, if any."""
         return self._leaders.get(group)
 
+    def note_leader(self, group: int, node: int) -> None:
+        """Send ``group``'s next requests to ``node`` first (a fresher belief than the one
+        cached here, e.g. a local replica's), if ``node`` is in the address book."""
+        if node in self._addresses:
+            self._leaders[group] = node
+
     # ----------------------------------------------------------------------- KV
 
     async def put(self, group: int, key: bytes | str, value: bytes | str) -> None:

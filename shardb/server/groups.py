@@ -26,6 +26,9 @@ from consensus.types import GroupId
 # leader hints and retries "dropped" (a transfer in progress) with backoff until the deadline.
 _LOCAL_FALLBACK: Final = (NotLeader, UnknownGroup, ProposalDropped)
 _READ_RETRY: Final = frozenset({"unknown_outcome", "unreachable"})
+_REELECTION_WAIT_S: Final = 2.0
+"""How long a write waits for the local replica to see a new leader when its current one is
+suspected (a few election timeouts)."""
 
 
 class GroupAccess:
@@ -81,10 +84,32 @@ class GroupAccess:
                 return result or b""
             except _LOCAL_FALLBACK:
                 pass  # leadership moved between the check and the proposal: forward
+        await self._follow_local_replica(group_id, timeout)
         reply = await self._client.request(
             "propose", int(group_id), {"command": command}, timeout_s=timeout
         )
         return _bytes(reply)
+
+    async def _follow_local_replica(self, group_id: GroupId, timeout: float) -> None:
+        """Before forwarding, prefer this node's replica's view of the leader to the client's
+        cache: the cache may name a leader that has since been cut off. A write forwarded to a
+        cut-off leader is accepted there and can then only time out with an unknown outcome,
+        while the majority has long elected another. If the local replica follows a leader
+        this node suspects (no node heartbeat), wait a little for the re-election it will see
+        (its group wakes when the leader is suspected)."""
+        if group_id not in self._node.group_ids():
+            return
+        deadline = trio.current_time() + min(timeout / 2, _REELECTION_WAIT_S)
+        while True:
+            leader = int(self._node.status(group_id).leader)
+            suspected = {int(n) for n in self._node.suspected_peers()}
+            if leader and leader not in suspected:
+                if leader != int(self._node.node_id):
+                    self._client.note_leader(int(group_id), leader)
+                return
+            if trio.current_time() >= deadline:
+                return
+            await trio.sleep(0.02)
 
     async def read(
         self, group_id: GroupId, query: bytes, *, mode: ReadMode, timeout: float

@@ -157,7 +157,11 @@ class Placer:
         observed = await self._observe(meta)
         if await self._sync(meta, observed):
             meta = await self._gateway.refresh_meta(timeout=timeout)
-        await self._place_meta_group(meta)
+        try:
+            await self._place_meta_group(meta)
+        except _FAILURES as exc:
+            # The ranges' operations do not depend on it: go on with them this round.
+            self._log.info("meta_group_placement_failed", error=str(exc))
         view = self._view(meta, observed)
         operations = [
             op for op in plan(view, self.settings(), logger=self._log) if self._wanted(op, observed)
@@ -168,11 +172,11 @@ class Placer:
         return operations
 
     async def _place_meta_group(self, meta: MetaState) -> None:
-        """Keep the meta group on min(META_VOTERS, usable nodes) voters (rounded down to an odd
-        number), replacing voters on
-        decommissioning or long-dead nodes: one membership step per round, add before remove
-        (a learner first, promoted once caught up; Raft thesis §4.2.1). The meta group has no
-        descriptor, so its new member is asked directly to host an empty replica."""
+        """Keep the meta group on min(META_VOTERS, usable nodes) voters, rounded down to an odd
+        number, replacing voters on decommissioning or long-dead nodes: one membership step
+        per round, add before remove (a learner first, promoted once caught up; Raft thesis
+        §4.2.1). The meta group has no descriptor, so its new member is asked directly to
+        host an empty replica."""
         node = self._node
         st = node.status(META_GROUP_ID)
         if st.role is not Role.LEADER:

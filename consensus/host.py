@@ -462,8 +462,6 @@ class MultiGroupHost:
         if group is None:
             self._drop_unknown(message.src, message.group_id, type(message.body).__name__)
             return
-        if not group.members:
-            self._adopt_sender(group, message.src)
         if group.quiesced:
             if isinstance(message.body, _ACKNOWLEDGEMENTS) and (
                 group.group_id not in self._outstanding_cores
@@ -863,16 +861,6 @@ class MultiGroupHost:
                 self._peers[node] = _Peer(self._ticks)
             self._groups_by_node[node].add(gid)
         group.members = members
-
-    def _adopt_sender(self, group: _Group, src: NodeId) -> None:
-        """A replica that joined with an empty configuration (``initial_conf=ConfState()``)
-        learns its members only from its first snapshot. Until then, count the node that
-        messages it as a member, so that the two hosts exchange node heartbeats: otherwise its
-        leader's host suspects it, quiesces the group without it (suspected nodes do not hold
-        quiescence back) and never sends it that snapshot."""
-        if src == self._id or group.core.status().conf.all_nodes():
-            return
-        self._set_members(group, ConfState(learners=(src,)))
 
     def _forget_peer(self, node: NodeId) -> None:
         del self._peers[node]

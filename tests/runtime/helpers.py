@@ -69,9 +69,23 @@ class MemoryCluster:
         stop, stopped = trio.Event(), trio.Event()
         config = replace(self.config(node_id), **overrides)
 
+        await self._run_node(node_id, config, stop, stopped, network=self.network)
+        return self.nodes[node_id]
+
+    async def _run_node(
+        self,
+        node_id: int,
+        config: NodeConfig,
+        stop: trio.Event,
+        stopped: trio.Event,
+        *,
+        network: MemoryNetwork | None = None,
+    ) -> None:
+        """Run one node in the cluster's nursery until ``stop``; ``stopped`` is set after."""
+
         async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             try:
-                async with open_node(config, network=self.network) as node:
+                async with open_node(config, network=network) as node:
                     self.nodes[node_id] = node
                     task_status.started()
                     await stop.wait()
@@ -81,7 +95,6 @@ class MemoryCluster:
 
         self._stops[node_id] = (stop, stopped)
         await self.nursery.start(run)
-        return self.nodes[node_id]
 
     async def stop(self, node_id: int) -> None:
         stop, stopped = self._stops.pop(node_id)
@@ -179,18 +192,7 @@ class TcpCluster(MemoryCluster):
             self.config(node_id), listen_host=host, listen_port=port, peers=peers, **overrides
         )
 
-        async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            try:
-                async with open_node(config) as node:
-                    self.nodes[node_id] = node
-                    task_status.started()
-                    await stop.wait()
-            finally:
-                self.nodes.pop(node_id, None)
-                stopped.set()
-
-        self._stops[node_id] = (stop, stopped)
-        await self.nursery.start(run)
+        await self._run_node(node_id, config, stop, stopped)
         node = self.nodes[node_id]
         address = node.listen_address
         assert address is not None

@@ -34,7 +34,7 @@ import msgpack
 
 from consensus.types import GroupId, Index, Message, NodeId, Term
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 """Bumped on any incompatible change of a frame, a hello or a registered body's fields:
 bodies carry no per-field versioning, so peers of different versions refuse each other in
 the hello instead of misreading each other."""

@@ -57,7 +57,11 @@ ticking:
   ``node_heartbeat_ticks`` -- one message per node pair, not per group: the coalesced
   heartbeat. Any message from a peer counts as hearing from it. A peer unheard for
   ``node_dead_ticks`` is suspected, and every group quiesced here with that peer as leader
-  wakes, times out and elects a new leader as usual.
+  wakes, times out and elects a new leader as usual. A host answers a ``NodeHeartbeat`` from
+  a node it does not count as a peer with one marked ``answer`` (never answered itself): a
+  node that hosts nothing yet, or only a joined replica that has not learned its
+  configuration, knows no member to beat, and without the answer a leader that added it as
+  a learner would suspect it, quiesce without it and never catch it up.
 
 Leases and quiescence. A quiesced core is not ticked, so its logical clock stands still.
 Both backends measure the leader lease in their own ticks (Raft thesis §6.4.1): the followers
@@ -158,6 +162,10 @@ class TooManyGroups(ConsensusError):
 class NodeHeartbeat:
     """The coalesced liveness beat: one per node pair every ``node_heartbeat_ticks``,
     however many groups the two nodes share."""
+
+    answer: bool = False
+    """Sent back to a node that beat us without being our peer (module docstring); an
+    answer is never answered, so two nodes that do not count each other cannot ping-pong."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -875,8 +883,11 @@ class MultiGroupHost:
 
     def _step_host(self, message: Message) -> None:
         match message.body:
-            case NodeHeartbeat():
-                pass  # hearing from the node was the point (``_heard_from``)
+            case NodeHeartbeat() as body:
+                # Hearing from the node was the point (``_heard_from``), unless it counts us
+                # as a peer and we do not count it: then it hears from us only if we answer.
+                if not body.answer and message.src not in self._peers:
+                    self._send(message.src, NodeHeartbeat(answer=True))
             case Quiesce() as body:
                 self._on_quiesce(message.src, body)
             case Unquiesce() as body:

@@ -150,6 +150,8 @@ class HostCluster:
         """The live leader of ``group_id`` with the highest term, if any."""
         best: tuple[int, NodeId] | None = None
         for node in self.live():
+            if GroupId(group_id) not in node.host.group_ids():
+                continue
             st = node.host.status(GroupId(group_id))
             if st.role is Role.LEADER and (best is None or st.term > best[0]):
                 best = (st.term, node.node_id)
@@ -317,6 +319,17 @@ class HostCluster:
 
     def heal(self) -> None:
         self.blocked.clear()
+
+    def join(self, node_id: int, group_id: int) -> None:
+        """Host an empty replica of ``group_id`` on ``node_id`` with an empty configuration
+        (``Node.join_group``): it learns the membership from the leader."""
+        nid, gid = NodeId(node_id), GroupId(group_id)
+        node = self.nodes[nid]
+        node.replicas[gid] = Replica()
+        node.host.add_group(
+            gid, self.backends[gid], self.core_config(nid, gid), initial_conf=ConfState()
+        )
+        self.process(nid)
 
     def crash(self, node_id: int) -> None:
         nid = NodeId(node_id)

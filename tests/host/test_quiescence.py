@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from consensus.api import ChangeKind, ChangeOp, MembershipChange, Role
-from consensus.host import HOST_GROUP, Quiesce, Unquiesce
+from consensus.host import HOST_GROUP, NodeHeartbeat, Quiesce, Unquiesce
 from consensus.types import GroupId, Index, Message, NodeId, Term
 
 from .driver import HostCluster, kind_of
@@ -300,3 +300,47 @@ def test_added_learner_becomes_a_peer_and_quiesces_with_the_group(backend: str) 
     c.sent.clear()
     c.run(10)
     assert dict(c.sent) == {"host.NodeHeartbeat": c.sent["host.NodeHeartbeat"]}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_learner_on_a_silent_new_node_is_caught_up_after_it_joins(backend: str) -> None:
+    """A node that hosts nothing beats no peer, and a replica that joins a group (empty
+    configuration) knows no member to beat either. If the leader that added such a node
+    as a learner suspected it (here: unreachable at first) and quiesced without it, only
+    the node's answers to the leader's NodeHeartbeats can clear the suspicion, wake the
+    group and catch the learner up. (Regression: the placement driver's moves to a freshly
+    joined node stalled forever when its leaders suspected the node before it joined.)"""
+    c = HostCluster(4, groups={1: backend}, voters=[1, 2, 3], seed=12)
+    c.host(4).remove_group(GroupId(1))  # node 4 starts out hosting nothing
+    c.elect_all(1)
+    c.propose(1, b"before")
+    c.isolate(4)
+    c.host(1).change_membership(
+        GroupId(1), MembershipChange(ops=(ChangeOp(kind=ChangeKind.ADD_LEARNER, node=NodeId(4)),))
+    )
+    dead_ticks = c.host_config(NodeId(1)).node_dead_ticks
+    c.run_until(
+        lambda: c.host(1).suspected_peers() == (NodeId(4),) and c.host(1).is_quiesced(GroupId(1)),
+        max_ticks=dead_ticks + 20,
+    )
+    c.heal()
+    c.join(4, 1)
+    c.run_until(lambda: c.commands(4, 1) == [b"before"], max_ticks=dead_ticks)
+    assert c.host(1).suspected_peers() == ()
+    c.run_until(c.all_quiesced, max_ticks=20)
+
+
+def test_a_node_answers_the_beats_of_a_node_it_does_not_count_as_a_peer() -> None:
+    """Only beats from non-peers are answered, and answers never are."""
+    c = HostCluster(2, groups={1: "raft"}, seed=13)
+    c.host(2).remove_group(GroupId(1))
+    host = c.host(2)
+    host.step(Message(group_id=HOST_GROUP, src=NodeId(1), dst=NodeId(2), body=NodeHeartbeat()))
+    ready = host.ready()
+    ((dst, (answer,)),) = ready.messages
+    assert (dst, answer.body) == (NodeId(1), NodeHeartbeat(answer=True))
+    host.advance(ready)
+    host.step(
+        Message(group_id=HOST_GROUP, src=NodeId(1), dst=NodeId(2), body=NodeHeartbeat(answer=True))
+    )
+    assert not host.has_ready()

@@ -821,11 +821,23 @@ class Gateway:
     ) -> Answer:
         keys = split_keys(statement, params, meta.range_map(statement.table.name))
         created: list[RangeDescriptor] = []
-        for key in keys:
-            if statement.unsplit:
+        if statement.unsplit:
+            for key in keys:
                 created.append(await self.unsplit(statement.table.name, key, deadline))
-            else:
-                created.extend(await self.split(statement.table.name, key, deadline))
+        else:
+            # Right to left, so that every cut lands on a range whose group is long led (the
+            # left part keeps the parent's group) instead of on the group the previous cut
+            # just created, which would first have to elect a leader: the new groups elect
+            # in parallel, waited for once at the end (255 cuts: ~30 s instead of ~4 min).
+            latest: dict[int, RangeDescriptor] = {}
+            for key in reversed(keys):
+                for d in await self.split(statement.table.name, key, deadline, wait=False):
+                    latest[d.range_id] = d
+            created = sorted(
+                latest.values(),
+                key=lambda d: (d.start_key is not None, 0 if d.start_key is None else d.start_key),
+            )
+            await self._wait_ready([d for d in created if d.start_key in keys], deadline)
         result = ResultSet(
             columns=("range_id", "start_key", "end_key", "group_id", "epoch"),
             rows=tuple(
@@ -834,12 +846,15 @@ class Gateway:
         )
         return _answer("admin", result)
 
-    async def split(self, table: str, key: Key, deadline: float) -> tuple[RangeDescriptor, ...]:
+    async def split(
+        self, table: str, key: Key, deadline: float, *, wait: bool = True
+    ) -> tuple[RangeDescriptor, ...]:
         """Cut ``table``'s range holding ``key`` at ``key``: the meta group first (it allocates
         the right range and group), then the parent group applies the split trigger (the
         right group appears on each replica exactly when its parent applies the split;
         ``shardb.statemachine``). If this gateway dies in between, the replicas' reconcilers
-        propose the parent's split themselves (``shardb.server.service``)."""
+        propose the parent's split themselves (``shardb.server.service``). With ``wait``,
+        returns once the right range serves; returns (left, right)."""
         meta = await self._call(self._refresh_within, deadline, "meta")
         parent = meta.range_map(table).lookup(key)
         result = await self.propose_meta(
@@ -849,7 +864,8 @@ class Gateway:
             raise ApplicationError("sql_error", f"split at {key!r} refused: {result.message}")
         left, right = result.ranges
         await self.apply_split(parent, left, right, deadline)
-        await self._wait_ready((right,), deadline)
+        if wait:
+            await self._wait_ready((right,), deadline)
         return (left, right)
 
     async def apply_split(

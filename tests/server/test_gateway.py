@@ -16,8 +16,12 @@ async def test_create_insert_and_query_across_split_ranges(tmp_path: Path) -> No
     """A table split in ranges answers point, range and scatter queries exactly like SQLite."""
     async with shard_cluster(tmp_path) as cluster:
         await cluster.sql("CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT, n INTEGER)")
-        split = await cluster.sql("ALTER TABLE kv SPLIT AT VALUES (100), (200)")
+        split = await cluster.sql("ALTER TABLE kv SPLIT AT VALUES (200), (100)")
         assert split["kind"] == "admin"
+        # The ranges the cuts produced, as they end up, in key order.
+        assert [(row[1], row[2]) for row in split["rows"]] == [(None, 100), (100, 200), (200, None)]
+        shown = (await cluster.sql("SHOW RANGES FROM TABLE kv"))["rows"]
+        assert len(shown) == 3
         reference = sqlite3.connect(":memory:")
         reference.execute("CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT, n INTEGER)")
         rows = [(k, f"v{k}", k % 7) for k in range(0, 300, 3)]

@@ -68,6 +68,7 @@ from .timeline import BUCKET_S, NS_PER_S, OpTimeline, fault_costs
 DEFAULT_REGISTER_KEYS: Final = 5
 DEFAULT_KV_KEYS: Final = 1000
 SETUP_TIMEOUT_S: Final = 60.0
+SPLITS_PER_STATEMENT: Final = 64
 
 Progress = Callable[[str, float, float | None], None]
 """``progress(description, completed, total)``; total None = unknown."""
@@ -402,10 +403,13 @@ async def _setup_tables(state: _RunState) -> None:
         for name, setup in sorted(setups.items()):
             await conn.execute(setup.create_sql)
             points = split_points(setup.keys, ranges)
-            if points:
+            # Each cut is two consensus rounds plus a new group's first election, so a
+            # many-range layout is split in statements that each fit the client deadline.
+            for at in range(0, len(points), SPLITS_PER_STATEMENT):
+                chunk = points[at : at + SPLITS_PER_STATEMENT]
                 await conn.execute(
                     f"ALTER TABLE {name} SPLIT AT VALUES "
-                    + ", ".join(f"({_quote(k)})" for k in points)
+                    + ", ".join(f"({_quote(k)})" for k in chunk)
                 )
             meta = await conn.meta()
             mine = sorted(

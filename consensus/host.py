@@ -57,11 +57,13 @@ ticking:
   ``node_heartbeat_ticks`` -- one message per node pair, not per group: the coalesced
   heartbeat. Any message from a peer counts as hearing from it. A peer unheard for
   ``node_dead_ticks`` is suspected, and every group quiesced here with that peer as leader
-  wakes, times out and elects a new leader as usual. A host answers a ``NodeHeartbeat`` from
-  a node it does not count as a peer with one marked ``answer`` (never answered itself): a
-  node that hosts nothing yet, or only a joined replica that has not learned its
-  configuration, knows no member to beat, and without the answer a leader that added it as
-  a learner would suspect it, quiesce without it and never catch it up.
+  wakes, times out and elects a new leader as usual. These counts are on a liveness clock
+  that a late runtime loop advances by at most one tick per turn (``tick(liveness=...)``).
+  A host answers a ``NodeHeartbeat`` from a node it does not count as a peer with one
+  marked ``answer`` (never answered itself): a node that hosts nothing yet, or only a joined
+  replica that has not learned its configuration, knows no member to beat, and without the
+  answer a leader that added it as a learner would suspect it, quiesce without it and never
+  catch it up.
 
 Leases and quiescence. A quiesced core is not ticked, so its logical clock stands still.
 Both backends measure the leader lease in their own ticks (Raft thesis §6.4.1): the followers
@@ -372,6 +374,8 @@ class MultiGroupHost:
         self._outstanding: HostReady | None = None
         self._outstanding_cores: dict[GroupId, ConsensusCore] = {}
         self._ticks = 0
+        self._liveness_ticks = 0
+        """The liveness detector's clock: ``tick(liveness=True)`` calls only."""
         self._group_ticks = 0
         self._messages_out = 0
         self._readys = 0
@@ -446,10 +450,20 @@ class MultiGroupHost:
 
     # ================================================================== time and messages
 
-    def tick(self) -> None:
-        """One logical tick: the liveness detector, then every awake group (ascending)."""
+    def tick(self, *, liveness: bool = True) -> None:
+        """One logical tick: the liveness detector, then every awake group (ascending).
+
+        ``liveness=False`` ticks the groups only. A runtime whose loop ran late delivers the
+        ticks it missed in one burst (groups must get every tick, for leases), but the
+        messages that arrived meanwhile are still in its transport: counted on the liveness
+        clock, that burst would be silence this node could not have heard through, and it
+        would suspect every peer (waking, and re-electing, every group they lead) for its own
+        lateness. So such a runtime passes ``liveness=False`` for the ticks beyond what one
+        loop turn normally takes; suspicion is a liveness hint, never needed for safety."""
         self._ticks += 1
-        self._tick_liveness()
+        if liveness:
+            self._liveness_ticks += 1
+            self._tick_liveness()
         self._tick_groups()
 
     def step(self, message: Message) -> None:
@@ -625,14 +639,14 @@ class MultiGroupHost:
     # ================================================================== tick
 
     def _tick_liveness(self) -> None:
-        beat = self._ticks % self._cfg.node_heartbeat_ticks == 0
+        beat = self._liveness_ticks % self._cfg.node_heartbeat_ticks == 0
         for node in sorted(self._peers):
             if beat:
                 self._send(node, NodeHeartbeat())
             peer = self._peers[node]
             if (
                 not peer.suspected
-                and self._ticks - peer.last_heard_tick >= self._cfg.node_dead_ticks
+                and self._liveness_ticks - peer.last_heard_tick >= self._cfg.node_dead_ticks
             ):
                 self._suspect(node)
 
@@ -831,7 +845,7 @@ class MultiGroupHost:
         peer = self._peers.get(node)
         if peer is None:
             return
-        peer.last_heard_tick = self._ticks
+        peer.last_heard_tick = self._liveness_ticks
         if peer.suspected:
             peer.suspected = False
             self._logger.info("node_recovered", peer=int(node))
@@ -866,7 +880,7 @@ class MultiGroupHost:
         for node in members:
             if node not in self._groups_by_node:
                 self._groups_by_node[node] = set()
-                self._peers[node] = _Peer(self._ticks)
+                self._peers[node] = _Peer(self._liveness_ticks)
             self._groups_by_node[node].add(gid)
         group.members = members
 

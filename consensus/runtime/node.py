@@ -38,7 +38,9 @@ Time. The loop turns trio's clock into logical ticks: one tick per ``tick_interv
 scheduled on a fixed grid so a slow loop delivers the ticks it missed instead of stretching
 time. Dropping ticks would be unsafe for lease reads: a leader whose clock ran slow would
 hold its lease longer in real time than its followers wait before electing (Raft thesis
-§6.4.1). With the defaults (10 ms ticks, ``election_timeout_ticks=20``,
+§6.4.1). The host's node-liveness clock is the exception: it takes at most one turn's usual
+ticks from a burst (``MultiGroupHost.tick``), so a late loop does not suspect its peers for
+its own lateness. With the defaults (10 ms ticks, ``election_timeout_ticks=20``,
 ``heartbeat_interval_ticks=2``) a follower campaigns after 200-400 ms of silence, leaders
 heartbeat every 20 ms, and a lease lasts ``20 * (1 - 0.1) = 18`` ticks = 180 ms. A group
 the host quiesced wakes when the host's node-liveness detector suspects its leader's node
@@ -945,8 +947,12 @@ class Node:
         c["messages_per_loop_max"] = max(c["messages_per_loop_max"], steps)
         if len(inbox) < self._config.max_inbox_messages:
             self._inbox_space.set()
-        for _ in range(ticks):
-            host.tick()
+        # A turn normally carries one tick (``idle_tick_stride`` while idle); more means the
+        # loop ran late: the groups get every tick, the liveness detector only the usual
+        # share, since what peers sent meanwhile is still waiting in the transport.
+        usual = self._config.idle_tick_stride
+        for i in range(ticks):
+            host.tick(liveness=i < usual)
         self._counts["ticks"] += ticks
         if ticks and self._reads:
             self._fail_deposed_reads()

@@ -344,3 +344,21 @@ def test_a_node_answers_the_beats_of_a_node_it_does_not_count_as_a_peer() -> Non
         Message(group_id=HOST_GROUP, src=NodeId(1), dst=NodeId(2), body=NodeHeartbeat(answer=True))
     )
     assert not host.has_ready()
+
+
+def test_a_burst_of_late_ticks_does_not_make_a_node_suspect_its_peers() -> None:
+    """A late runtime loop delivers its missed ticks at once, before it has taken in what
+    its peers sent meanwhile: groups get every tick, the liveness clock only the first
+    (``tick(liveness=False)``), so the burst is not counted as the peers' silence."""
+    c = HostCluster(3, groups={1: "raft"}, seed=14)
+    c.elect_all(1)
+    host = c.host(1)
+    dead_ticks = c.host_config(NodeId(1)).node_dead_ticks
+    ticks_before = host.statistics().ticks
+    for _ in range(3 * dead_ticks):
+        host.tick(liveness=False)
+    assert host.statistics().ticks == ticks_before + 3 * dead_ticks
+    assert host.suspected_peers() == ()
+    c.isolate(1)
+    c.run(dead_ticks)  # the same ticks on the liveness clock: now it is silence
+    assert host.suspected_peers() == (NodeId(2), NodeId(3))

@@ -553,10 +553,17 @@ def ranges_rows(meta: Mapping[str, Any], table: str | None) -> Rows:
         columns=RANGE_COLUMNS,
         rows=tuple(
             tuple(_cell(descriptor.get(column)) for column in RANGE_COLUMNS)
-            for descriptor in sorted(meta.get("ranges", []), key=lambda r: int(r["range_id"]))
+            for descriptor in sorted(meta.get("ranges", []), key=_key_order)
             if table is None or descriptor.get("table") == table
         ),
     )
+
+
+def _key_order(descriptor: Mapping[str, Any]) -> tuple[str, bool, Any]:
+    """Table, then key order (the unbounded first range first), as SHOW RANGES lists
+    them: range ids do not follow keys (a multi-key split cuts right to left)."""
+    start = descriptor.get("start_key")
+    return (str(descriptor.get("table")), start is not None, 0 if start is None else start)
 
 
 def nodes_rows(meta: Mapping[str, Any]) -> Rows:

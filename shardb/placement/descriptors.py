@@ -53,8 +53,8 @@ class RangeDescriptor:
         return self.end_key is None or key < self.end_key  # type: ignore[operator]  # one key type per table
 
 
-def _lower(key: Key | None) -> tuple[int, Key | int]:
-    """Sort key for a range start: None (minus infinity) first."""
+def start_order(key: Key | None) -> tuple[int, Key | int]:
+    """Sort key for a range start within one table: None (minus infinity) first."""
     return (0, 0) if key is None else (1, key)
 
 
@@ -69,7 +69,7 @@ class RangeMap:
 
     @classmethod
     def build(cls, table: str, ranges: Iterable[RangeDescriptor]) -> RangeMap:
-        ordered = tuple(sorted(ranges, key=lambda r: _lower(r.start_key)))
+        ordered = tuple(sorted(ranges, key=lambda r: start_order(r.start_key)))
         if not ordered:
             raise RangeMapError(f"table {table!r} has no ranges")
         if ordered[0].start_key is not None:

@@ -37,7 +37,7 @@ from consensus.api import ConsensusError, Logger, ReadMode
 from consensus.runtime.client import ClientError
 from consensus.runtime.errors import ApplicationError, NodeError
 from consensus.types import GroupId
-from shardb.placement.descriptors import Key, RangeDescriptor, RangeMap
+from shardb.placement.descriptors import Key, RangeDescriptor, RangeMap, start_order
 from shardb.placement.meta import (
     META_GROUP_ID,
     MergeRanges,
@@ -833,10 +833,7 @@ class Gateway:
             for key in reversed(keys):
                 for d in await self.split(statement.table.name, key, deadline, wait=False):
                     latest[d.range_id] = d
-            created = sorted(
-                latest.values(),
-                key=lambda d: (d.start_key is not None, 0 if d.start_key is None else d.start_key),
-            )
+            created = sorted(latest.values(), key=lambda d: start_order(d.start_key))
             await self._wait_ready([d for d in created if d.start_key in keys], deadline)
         result = ResultSet(
             columns=("range_id", "start_key", "end_key", "group_id", "epoch"),

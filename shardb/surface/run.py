@@ -28,6 +28,7 @@ import trio
 from consensus.types import GroupId, NodeId
 from shardb.cluster import ClusterError, LocalCluster, stop_recorded, wait_ready
 from shardb.cluster.local import STATE_FILE, is_our_node
+from shardb.placement.descriptors import start_order
 from shardb.shell import (
     DEFAULT_HISTORY_PATH,
     ExitCode,
@@ -559,11 +560,10 @@ def ranges_rows(meta: Mapping[str, Any], table: str | None) -> Rows:
     )
 
 
-def _key_order(descriptor: Mapping[str, Any]) -> tuple[str, bool, Any]:
+def _key_order(descriptor: Mapping[str, Any]) -> tuple[str, tuple[int, Any]]:
     """Table, then key order (the unbounded first range first), as SHOW RANGES lists
     them: range ids do not follow keys (a multi-key split cuts right to left)."""
-    start = descriptor.get("start_key")
-    return (str(descriptor.get("table")), start is not None, 0 if start is None else start)
+    return (str(descriptor.get("table")), start_order(descriptor.get("start_key")))
 
 
 def nodes_rows(meta: Mapping[str, Any]) -> Rows:
